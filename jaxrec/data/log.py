@@ -102,7 +102,8 @@ class InteractionLog:
         raise DataError(f"{self.name}: column 'item' has ids outside [0, {self.num_items})")
     if self.item_features is not None and self.item_features.shape[0] != self.num_items:
       raise DataError(
-          f"{self.name}: item_features has {self.item_features.shape[0]} rows, expected num_items={self.num_items}")
+          f"{self.name}: item_features has {self.item_features.shape[0]} rows, "
+          f"expected num_items={self.num_items}")
 
   # -- construction ----------------------------------------------------------
 
