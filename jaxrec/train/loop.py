@@ -1,0 +1,370 @@
+"""The training loop: steps, evaluation, keep-best, early stopping, logging, NaN checks and resume.
+
+`train` drives a pure, jitted `step(state, batch, rng) -> (state, metrics)` (see
+`jaxrec.train.step`) over `batches_fn(epoch)`, an iterator of static-shape host batches whose order
+must be a function of (seed, epoch) only. Per-step keys are `jax.random.fold_in(rng, step)`.
+
+Host syncs are rare: the step metrics stay on device and are fetched every `log_every` steps (and
+before every evaluation, checkpoint and at the end); the fetched `is_finite` flags name the first
+non-finite step exactly. Parameters are checked for NaN/Inf at the same points.
+
+Resume: with a `workdir`, a checkpoint (state + loop position: epoch, batches consumed in the
+epoch, best metric and step, patience counter, partially accumulated log window, rng) is written
+after every evaluation, every `checkpoint_every` steps, at every epoch end, on a `max_steps` pause
+and at the end. Calling `train` again with the same workdir restores the latest checkpoint, skips
+the batches already consumed in its epoch, truncates `metrics.jsonl` to the checkpoint's step and
+continues: the final parameters, the returned history and the metrics log are bit-identical to an
+uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from jaxrec.train import checkpoint as checkpoint_lib
+from jaxrec.train import logging as metrics_log
+from jaxrec.train.state import TrainState
+
+Batch = Mapping[str, Any]
+StepFn = Callable[[TrainState, Batch, jax.Array], Tuple[TrainState, Mapping[str, jax.Array]]]
+EvalFn = Callable[[Any], Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Configuration of `train`.
+
+  Attributes:
+    num_epochs: number of passes over `batches_fn(epoch)`.
+    max_steps: pause once `state.step` reaches this (a checkpoint is written); calling `train` again
+      with the same workdir and a larger/None `max_steps` continues. None: no limit.
+    log_every: steps between train records (mean of the step metrics over the window); also the
+      interval of the device->host metric fetch and NaN check.
+    eval_every: steps between evaluations (None: only at epoch ends).
+    eval_at_epoch_end: also evaluate at the end of every epoch.
+    metric: eval metric that selects the best state and drives early stopping (None: no keep-best,
+      the final state is returned).
+    mode: "max" or "min" for `metric`.
+    patience: stop after this many evaluations without a strict improvement (None: never).
+    checkpoint_every: steps between periodic checkpoints, in addition to those listed above.
+    keep_latest: latest checkpoints kept on disk besides the best one.
+    progress: show a tqdm progress bar.
+    steps_per_epoch: for the progress bar's ETA when `batches_fn(epoch)` has no `len`.
+    prefetch: batches put on device ahead of the step (0 disables).
+    async_checkpointing: write checkpoints in a background thread.
+  """
+
+  num_epochs: int = 1
+  max_steps: Optional[int] = None
+  log_every: int = 100
+  eval_every: Optional[int] = None
+  eval_at_epoch_end: bool = True
+  metric: Optional[str] = None
+  mode: str = "max"
+  patience: Optional[int] = None
+  checkpoint_every: Optional[int] = None
+  keep_latest: int = 1
+  progress: bool = True
+  steps_per_epoch: Optional[int] = None
+  prefetch: int = 2
+  async_checkpointing: bool = True
+
+
+@dataclasses.dataclass
+class _Position:
+  """Loop position; JSON-serialized into every checkpoint."""
+
+  epoch: int = 0
+  batch: int = 0  # Batches of `epoch` already consumed.
+  step: int = 0
+  best_value: Optional[float] = None
+  best_step: Optional[int] = None
+  bad_evals: int = 0
+  last_eval_step: Optional[int] = None
+  window_count: int = 0
+  window_sums: Dict[str, float] = dataclasses.field(default_factory=dict)
+  done: bool = False
+  rng: Optional[List[int]] = None
+
+
+def _key_data(rng: jax.Array) -> List[int]:
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  return np.asarray(rng).ravel().tolist()
+
+
+def _key_from_data(data: List[int], like: jax.Array) -> jax.Array:
+  if jnp.issubdtype(like.dtype, jax.dtypes.prng_key):
+    raw = jnp.asarray(data, jnp.uint32).reshape(jax.random.key_data(like).shape)
+    return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(like))
+  return jnp.asarray(data, like.dtype).reshape(like.shape)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+_fold_in = jax.jit(jax.random.fold_in)
+
+
+def _prefetch(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
+  """Yields `batches` with up to `size` of them already transferred (asynchronously) to device."""
+  if size <= 0:
+    yield from batches
+    return
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(jax.device_put(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def _copy(tree: Any) -> Any:
+  return jax.tree.map(jnp.copy, tree)
+
+
+class _Run:
+  """Mutable bookkeeping of one `train` call (kept out of the public, functional API)."""
+
+  def __init__(self, config: LoopConfig, train_step: StepFn, eval_fn: Optional[EvalFn],
+               workdir: Optional[str]):
+    self.cfg = config
+    self.train_step = train_step
+    self.eval_fn = eval_fn
+    self.workdir = workdir
+    self.pos = _Position()
+    self.pending: List[Tuple[int, Mapping[str, jax.Array]]] = []
+    self.ckpt: Optional[checkpoint_lib.Checkpointer] = None
+    self.writer: Optional[metrics_log.MetricsWriter] = None
+    self.history: List[dict] = []
+    self.best_state: Optional[TrainState] = None
+    self.pending_metric: Optional[float] = None
+    self.last_log_time = time.perf_counter()
+    self.last_log_step = 0
+
+  def record(self, rec: Dict[str, Any]) -> None:
+    if self.writer is not None:
+      self.history.append(self.writer.write(rec))
+    else:
+      self.history.append(metrics_log._to_json(rec))  # pylint: disable=protected-access
+
+  def drain(self, state: TrainState) -> None:
+    """Fetches pending step metrics, raises on the first non-finite one, accumulates the window."""
+    if not self.pending:
+      return
+    steps = [s for s, _ in self.pending]
+    host = jax.device_get([m for _, m in self.pending])
+    self.pending.clear()
+    pos = self.pos
+    for s, m in zip(steps, host):
+      if not bool(m["is_finite"]):
+        raise FloatingPointError(
+            f"Non-finite loss or gradient at step {s} (0-based update index = state.step before the "
+            f"update = fold_in index of its rng; epoch {pos.epoch}): loss={float(m['loss'])}, "
+            f"grad_norm={float(m['grad_norm'])}.")
+      for k, v in m.items():
+        if k != "is_finite":
+          pos.window_sums[k] = pos.window_sums.get(k, 0.0) + float(np.mean(v))
+      pos.window_count += 1
+    if not bool(_all_finite(state.params)):
+      raise FloatingPointError(
+          f"Non-finite parameters after step {steps[-1]} (first checked after steps {steps[0]}.."
+          f"{steps[-1]}; loss and gradients were finite).")
+
+  def log_window(self, pbar: tqdm.tqdm) -> None:
+    pos = self.pos
+    if not pos.window_count:
+      return
+    means = {k: v / pos.window_count for k, v in sorted(pos.window_sums.items())}
+    self.record({"kind": "train", "step": pos.step, "epoch": pos.epoch, **means})
+    now = time.perf_counter()
+    rate = (pos.step - self.last_log_step) / max(now - self.last_log_time, 1e-9)
+    self.last_log_time, self.last_log_step = now, pos.step
+    logging.info("step %d (epoch %d): %s (%.1f steps/s)", pos.step, pos.epoch,
+                 ", ".join(f"{k}={v:.5g}" for k, v in means.items()), rate)
+    pbar.set_postfix(epoch=pos.epoch, loss=f"{means.get('loss', float('nan')):.4g}", refresh=False)
+    pos.window_sums, pos.window_count = {}, 0
+
+  def evaluate(self, state: TrainState) -> None:
+    """Runs `eval_fn`, updates best/patience, records, and marks the step for a checkpoint."""
+    self.drain(state)
+    cfg, pos = self.cfg, self.pos
+    metrics = {k: float(np.asarray(v)) for k, v in self.eval_fn(state.params).items()}
+    improved = False
+    if cfg.metric is not None:
+      if cfg.metric not in metrics:
+        raise KeyError(f"eval_fn returned {sorted(metrics)}, which lacks LoopConfig.metric={cfg.metric!r}")
+      value = metrics[cfg.metric]
+      best = pos.best_value
+      improved = math.isfinite(value) and (
+          best is None or (value > best if cfg.mode == "max" else value < best))
+      if improved:
+        pos.best_value, pos.best_step, pos.bad_evals = value, pos.step, 0
+        self.best_state = _copy(state)
+      else:
+        pos.bad_evals += 1
+      self.pending_metric = value
+    pos.last_eval_step = pos.step
+    self.record({"kind": "eval", "step": pos.step, "epoch": pos.epoch, **metrics, "best": improved})
+    logging.info("eval at step %d (epoch %d): %s%s", pos.step, pos.epoch,
+                 ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()), " (best)" if improved else "")
+    if cfg.patience is not None and pos.bad_evals >= cfg.patience:
+      logging.info("Early stopping at step %d: no improvement of %s in %d evaluations (best %s at step %s).",
+                   pos.step, cfg.metric, pos.bad_evals, pos.best_value, pos.best_step)
+      pos.done = True
+
+  def save(self, state: TrainState) -> None:
+    if self.ckpt is not None:
+      self.drain(state)  # Never checkpoint a state whose steps were not checked.
+      meta = {"loop": dataclasses.asdict(self.pos)}
+      self.ckpt.save(self.pos.step, state, meta, metric=self.pending_metric)
+    self.pending_metric = None
+
+
+def train(
+    config: LoopConfig,
+    state: TrainState,
+    train_step: StepFn,
+    batches_fn: Callable[[int], Iterable[Batch]],
+    eval_fn: Optional[EvalFn] = None,
+    workdir: Optional[str] = None,
+    *,
+    rng: jax.Array,
+) -> Tuple[TrainState, List[dict]]:
+  """Trains `state` with `train_step` over `config.num_epochs` epochs of `batches_fn(epoch)`.
+
+  Args:
+    config: the `LoopConfig`.
+    state: the initial `TrainState` (ignored, except for its structure, when `workdir` holds a
+      checkpoint). If `train_step` donates its input, `state` is invalid after this call.
+    train_step: `step(state, batch, rng) -> (state, metrics)`, usually `jit_train_step(...)`;
+      metrics must include `loss`, `grad_norm` and `is_finite`.
+    batches_fn: `batches_fn(epoch)` -> iterable of static-shape batches (host numpy dicts), in an
+      order that depends only on (seed, epoch).
+    eval_fn: `eval_fn(params) -> {name: scalar}`; called every `eval_every` steps and at epoch ends.
+    workdir: directory for `checkpoints/` and `metrics.jsonl`; if it holds a checkpoint the run
+      resumes from the latest one. None: no checkpoints, no files.
+    rng: base PRNG key; step `s` uses `fold_in(rng, s)`. On resume the checkpointed key is used.
+
+  Returns:
+    `(best_state, history)`: the state with the best `config.metric` (the final state if there is
+    no metric or no finite evaluation), and the list of train/eval records (as in `metrics.jsonl`).
+
+  Raises:
+    FloatingPointError: a loss, gradient or parameter became NaN/Inf; the message names the step.
+  """
+  if config.mode not in ("max", "min"):
+    raise ValueError(f"mode must be 'max' or 'min', got {config.mode!r}")
+  if config.metric is not None and eval_fn is None:
+    raise ValueError("LoopConfig.metric is set but no eval_fn was given.")
+  run = _Run(config, train_step, eval_fn, workdir)
+  pos = run.pos
+  abstract = checkpoint_lib.abstract_like(state)
+  # Commit the state to its shardings, as restored checkpoints are: the jitted step then sees the
+  # same argument signature in fresh and resumed runs and compiles once.
+  state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
+  pos.step = int(state.step)
+  pos.rng = _key_data(rng)
+  try:
+    if workdir is not None:
+      run.ckpt = checkpoint_lib.Checkpointer(
+          os.path.join(workdir, "checkpoints"), mode=config.mode, keep_latest=config.keep_latest,
+          async_save=config.async_checkpointing)
+      resume_step = run.ckpt.latest_step()
+      if resume_step is not None:
+        state, meta = run.ckpt.restore(resume_step, abstract)
+        run.pos = pos = _Position(**meta["loop"])
+        if pos.rng != _key_data(rng):
+          logging.warning("Resuming %s with its checkpointed rng, not the one passed in.", workdir)
+        rng = _key_from_data(pos.rng, rng)
+        if pos.best_step is not None:
+          run.best_state = run.ckpt.restore(pos.best_step, abstract)[0]
+        logging.info("Resumed from %s at step %d (epoch %d, batch %d).", workdir, pos.step, pos.epoch,
+                     pos.batch)
+      run.writer = metrics_log.MetricsWriter(os.path.join(workdir, metrics_log.METRICS_FILE), resume_step)
+      run.history = list(run.writer.records)
+    state = _loop(run, state, batches_fn, rng)
+  finally:
+    if run.ckpt is not None:
+      run.ckpt.close()  # Waits for asynchronous saves to be finalized.
+    if run.writer is not None:
+      run.writer.close()
+  best = run.best_state if run.best_state is not None else state
+  return best, run.history
+
+
+def _loop(run: _Run, state: TrainState, batches_fn: Callable[[int], Iterable[Batch]],
+          rng: jax.Array) -> TrainState:
+  """The epoch/step loop of `train`; returns the last state."""
+  cfg, pos = run.cfg, run.pos
+  total = cfg.steps_per_epoch * cfg.num_epochs if cfg.steps_per_epoch else None
+  run.last_log_step = pos.step
+  with tqdm.tqdm(total=total, initial=pos.step, disable=not cfg.progress, unit="step",
+                 dynamic_ncols=True) as pbar:
+    save_due = False
+    while not pos.done and pos.epoch < cfg.num_epochs:
+      batches = batches_fn(pos.epoch)
+      if pbar.total is None and hasattr(batches, "__len__"):
+        pbar.total = len(batches) * cfg.num_epochs
+      paused = False
+      for batch in _prefetch(itertools.islice(iter(batches), pos.batch, None), cfg.prefetch):
+        if save_due:  # Deferred to here so that an epoch end at the same step updates the position.
+          run.save(state)
+          save_due = False
+        if cfg.max_steps is not None and pos.step >= cfg.max_steps:
+          paused = True
+          break
+        state, metrics = run.train_step(state, batch, _fold_in(rng, pos.step))
+        run.pending.append((pos.step, metrics))
+        pos.step += 1
+        pos.batch += 1
+        pbar.update(1)
+        if pos.step % cfg.log_every == 0:
+          run.drain(state)
+          run.log_window(pbar)
+        if run.eval_fn is not None and cfg.eval_every and pos.step % cfg.eval_every == 0:
+          run.evaluate(state)
+          save_due = True
+        if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+          save_due = True
+        if pos.done:  # Early stopping.
+          break
+      else:
+        pos.epoch += 1
+        pos.batch = 0
+        if run.eval_fn is not None and cfg.eval_at_epoch_end and pos.last_eval_step != pos.step:
+          run.evaluate(state)
+        if pos.epoch >= cfg.num_epochs:
+          pos.done = True
+        if pos.done:
+          run.drain(state)
+          run.log_window(pbar)
+        run.save(state)
+        save_due = False
+        continue
+      if pos.done:
+        run.drain(state)
+        run.log_window(pbar)
+      run.save(state)
+      save_due = False
+      if paused:
+        logging.info("Paused at step %d (max_steps=%d).", pos.step, cfg.max_steps)
+        break
+  run.drain(state)
+  return state

@@ -1,0 +1,247 @@
+"""Tests of the training core: state, step, loop (resume, NaN, keep-best), checkpoints, metrics log."""
+
+import json
+import os
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.train import checkpoint as checkpoint_lib
+from jaxrec.train import logging as metrics_log
+from jaxrec.train import loop as loop_lib
+from jaxrec.train import state as state_lib
+from jaxrec.train import step as step_lib
+
+N, D, B = 48, 3, 8  # 6 batches per epoch.
+STEPS_PER_EPOCH = N // B
+
+
+def _data(seed=0):
+  rs = np.random.default_rng(1234 + seed)
+  x = rs.normal(size=(N, D)).astype(np.float32)
+  y = (x @ np.array([1.0, -2.0, 0.5], np.float32) + 0.3).astype(np.float32)
+  return x, y
+
+
+def _loss(params, batch, rng):
+  """Linear regression with input dropout (so the per-step key matters); NaN where batch['nan']."""
+  keep = jax.random.bernoulli(rng, 0.9, batch["x"].shape)
+  pred = (batch["x"] * keep / 0.9) @ params["w"] + params["b"]
+  err = (pred - batch["y"]) ** 2 * batch["mask"]
+  loss = jnp.sum(err) / jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+  loss = jnp.where(batch["nan"] > 0, jnp.nan, loss)
+  return loss, {"mse": loss}
+
+
+TX = state_lib.make_optimizer("adam", learning_rate=0.05)
+STEP = step_lib.jit_train_step(_loss, TX)  # Shared: compiled once for the whole file.
+
+
+def _init(seed):
+  w = jax.random.normal(jax.random.key(seed), (D,)) * 0.1
+  return state_lib.create({"w": w, "b": jnp.zeros(())}, TX)
+
+
+def _batches_fn(seed, nan_at=None, crash_at=None):
+  """Per-epoch shuffle that depends on (seed, epoch) only; global batch index g = state.step."""
+  x, y = _data()
+
+  def batches(epoch):
+    perm = np.random.default_rng([seed, epoch]).permutation(N)
+    for i in range(STEPS_PER_EPOCH):
+      g = epoch * STEPS_PER_EPOCH + i
+      if crash_at is not None and g == crash_at:
+        raise KeyboardInterrupt(f"simulated kill before global batch {g}")
+      idx = perm[i * B:(i + 1) * B]
+      yield {"x": x[idx], "y": y[idx], "mask": np.ones(B, np.float32),
+             "nan": np.float32(nan_at is not None and g == nan_at)}
+  return batches
+
+
+def _eval_fn(params):
+  x, y = _data(seed=7)
+  return {"neg_mse": -jnp.mean((x @ params["w"] + params["b"] - y) ** 2), "ones": 1.0}
+
+
+def _cfg(**kw):
+  base = dict(num_epochs=3, log_every=4, eval_every=5, metric="neg_mse", mode="max", checkpoint_every=3,
+              progress=False, prefetch=1)
+  base.update(kw)
+  return loop_lib.LoopConfig(**base)
+
+
+def _run(cfg, seed=0, workdir=None, **bkw):
+  return loop_lib.train(cfg, _init(seed), STEP, _batches_fn(seed, **bkw), _eval_fn, workdir,
+                        rng=jax.random.key(100 + seed))
+
+
+def test_step_pure_and_jit_agrees():
+  batch = next(_batches_fn(0)(0))
+  rng = jax.random.key(3)
+  plain = step_lib.make_train_step(_loss, TX)
+  s1, m1 = plain(_init(0), batch, rng)
+  s2, m2 = jax.jit(plain)(_init(0), batch, rng)
+  s3, m3 = STEP(_init(0), batch, rng)
+  chex.assert_trees_all_close(s1, s2, atol=1e-6)
+  chex.assert_trees_all_close(s2, s3, atol=0)
+  chex.assert_trees_all_close(m1, m2, atol=1e-6)
+  assert int(s1.step) == 1 and bool(m1["is_finite"])
+  assert set(m1) == {"loss", "mse", "grad_norm", "is_finite"}
+  # Pure: same inputs, same outputs; the input state is not modified (without donation).
+  s0 = _init(0)
+  plain(s0, batch, rng)
+  chex.assert_trees_all_close(s0, _init(0), atol=0)
+  # jit_train_step donates the input state.
+  s4 = _init(0)
+  STEP(s4, batch, rng)
+  assert s4.params["w"].is_deleted()
+  # A NaN loss is flagged.
+  _, m = STEP(_init(0), dict(batch, nan=np.float32(1)), rng)
+  assert not bool(m["is_finite"])
+
+
+def test_make_optimizer_variants():
+  params = {"w": jnp.ones((2,))}
+  grads = {"w": jnp.zeros((2,))}
+  upd = {}
+  for name in ("adam", "adamw", "sgd"):
+    tx = state_lib.make_optimizer(name, 0.1, weight_decay=0.5, clip_norm=1.0)
+    upd[name], _ = tx.update(grads, tx.init(params), params)
+  # Zero gradient: only the weight decay moves the weights; coupled Adam normalizes it, AdamW does not.
+  chex.assert_trees_all_close(upd["adamw"]["w"], -0.1 * 0.5 * jnp.ones(2), atol=1e-6)
+  chex.assert_trees_all_close(upd["adam"]["w"], -0.1 * jnp.ones(2), atol=1e-4)
+  chex.assert_trees_all_close(upd["sgd"]["w"], -0.1 * 0.5 * jnp.ones(2), atol=1e-6)
+  with pytest.raises(ValueError, match="Unknown optimizer"):
+    state_lib.make_optimizer("lamb", 0.1)
+
+
+def test_loss_decreases_and_history():
+  best, history = _run(_cfg(num_epochs=4, eval_every=None, checkpoint_every=None))
+  train = [r for r in history if r["kind"] == "train"]
+  evals = [r for r in history if r["kind"] == "eval"]
+  assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+  assert [r["step"] for r in evals] == [6, 12, 18, 24]  # Epoch ends.
+  assert train[-1]["step"] == 24  # Final partial window is logged.
+  assert int(best.step) in [r["step"] for r in evals if r["best"]][-1:]
+
+
+def test_resume_is_exact(tmp_path):
+  cfg = _cfg()
+  a_dir, b_dir, c_dir = (str(tmp_path / n) for n in "abc")
+  state_a, hist_a = _run(cfg, workdir=a_dir)
+  compiled = STEP._cache_size() if hasattr(STEP, "_cache_size") else None
+  # B: killed (exception from the data pipeline) inside epoch 1, after checkpoints at steps 5, 6, 9.
+  with pytest.raises(KeyboardInterrupt):
+    _run(cfg, workdir=b_dir, crash_at=11)
+  logged = metrics_log.read_metrics(os.path.join(b_dir, metrics_log.METRICS_FILE))
+  assert max(r["step"] for r in logged) > 9  # Records past the checkpoint exist and must be dropped.
+  state_b, hist_b = _run(cfg, workdir=b_dir)
+  # C: paused by max_steps (not a multiple of log/eval/checkpoint intervals), then continued.
+  _run(_cfg(max_steps=7), workdir=c_dir)
+  state_c, hist_c = _run(cfg, workdir=c_dir)
+  for st, hist, d in ((state_b, hist_b, b_dir), (state_c, hist_c, c_dir)):
+    chex.assert_trees_all_close(state_a, st, atol=0, rtol=0)
+    assert hist == hist_a
+    with open(os.path.join(a_dir, "metrics.jsonl")) as fa, open(os.path.join(d, "metrics.jsonl")) as fb:
+      assert fa.read() == fb.read()
+  if compiled is not None:
+    assert STEP._cache_size() == compiled  # Restored (committed) states do not recompile the step.
+  # A finished run resumed again does nothing and returns the same best state.
+  state_d, hist_d = _run(cfg, workdir=a_dir)
+  chex.assert_trees_all_close(state_a, state_d, atol=0, rtol=0)
+  assert hist_d == hist_a
+
+
+def test_nan_names_first_bad_step(tmp_path):
+  with pytest.raises(FloatingPointError, match=r"at step 9 "):
+    _run(_cfg(log_every=4, eval_every=None, checkpoint_every=1), workdir=str(tmp_path), nan_at=9)
+  # No checkpoint of a state at or after the NaN step.
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.latest_step() == 9  # State after steps 0..8, saved before step 9 ran.
+  ckpt.close()
+
+
+def test_nan_detected_without_workdir():
+  with pytest.raises(FloatingPointError, match=r"at step 2 "):
+    _run(_cfg(log_every=5, eval_every=None, checkpoint_every=None, eval_at_epoch_end=False), nan_at=2)
+
+
+def test_determinism():
+  cfg = _cfg(num_epochs=2, eval_every=None, checkpoint_every=None)
+  s1, h1 = _run(cfg, seed=0)
+  compiled = STEP._cache_size() if hasattr(STEP, "_cache_size") else None
+  s2, h2 = _run(cfg, seed=0)
+  s3, _ = _run(cfg, seed=1)
+  chex.assert_trees_all_close(s1, s2, atol=0, rtol=0)
+  assert h1 == h2
+  assert not np.allclose(s1.params["w"], s3.params["w"])
+  if compiled is not None:
+    assert STEP._cache_size() == compiled  # Later runs (and seeds) reuse the compiled step.
+
+
+def test_keep_best_and_early_stopping(tmp_path):
+  scores = iter([0.1, 0.5, 0.3, 0.5, 0.2, 0.9])
+  snapshots = {}
+
+  def eval_fn(params):
+    snapshots[len(snapshots)] = jax.tree.map(np.array, params)
+    return {"auc": next(scores)}
+
+  cfg = _cfg(num_epochs=10, eval_every=2, eval_at_epoch_end=False, metric="auc", patience=3,
+             checkpoint_every=None)
+  best, history = loop_lib.train(cfg, _init(0), STEP, _batches_fn(0), eval_fn, str(tmp_path),
+                                 rng=jax.random.key(0))
+  evals = [r for r in history if r["kind"] == "eval"]
+  assert [r["auc"] for r in evals] == [0.1, 0.5, 0.3, 0.5, 0.2]  # Stopped: 3 evals without improvement.
+  assert [r["best"] for r in evals] == [True, True, False, False, False]
+  assert int(best.step) == 4  # The tie at step 8 does not replace the earlier best.
+  chex.assert_trees_all_close(best.params, snapshots[1], atol=0, rtol=0)
+  with checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+    assert ckpt.all_steps() == [4, 10]  # Best + latest only.
+    restored, meta = ckpt.restore_best(checkpoint_lib.abstract_like(best))
+    chex.assert_trees_all_close(restored, best, atol=0, rtol=0)
+    assert meta["loop"]["best_step"] == 4 and meta["loop"]["bad_evals"] == 0
+
+
+def test_checkpointer_ignores_partial_save(tmp_path):
+  d = str(tmp_path)
+  s1 = _init(0)
+  s2 = s1.replace(step=s1.step + 5, params={"w": s1.params["w"] + 1, "b": s1.params["b"]})
+  abstract = checkpoint_lib.abstract_like(s1)
+  with checkpoint_lib.Checkpointer(d, mode="min") as ckpt:
+    ckpt.save(1, s1, {"pos": 1}, metric=0.3)
+    ckpt.save(2, s2, {"pos": 2}, metric=0.7)
+  # A kill during the save of step 3: Orbax's tmp dir, with a truncated copy of a real checkpoint.
+  tmp = os.path.join(d, "3.orbax-checkpoint-tmp-1234567")
+  shutil.copytree(os.path.join(d, "2"), tmp)
+  for root, _, files in os.walk(tmp):
+    for f in files[: len(files) // 2]:
+      os.remove(os.path.join(root, f))
+  with checkpoint_lib.Checkpointer(d, mode="min") as ckpt:
+    assert ckpt.latest_step() == 2 and ckpt.all_steps() == [1, 2]
+    restored, meta = ckpt.restore_latest(abstract)
+    chex.assert_trees_all_close(restored, s2, atol=0)
+    assert meta == {"pos": 2}
+    assert ckpt.best_step() == 1  # mode="min".
+    restored, meta = ckpt.restore_best(abstract)
+    chex.assert_trees_all_close(restored, s1, atol=0)
+    assert meta == {"pos": 1}
+
+
+def test_metrics_writer_truncates_and_skips_torn_line(tmp_path):
+  path = str(tmp_path / "m.jsonl")
+  with metrics_log.MetricsWriter(path) as w:
+    for s in (1, 2, 3):
+      w.write({"step": s, "kind": "train", "loss": np.float32(s) / 2, "nan": float("nan")})
+  with open(path, "a") as f:
+    f.write('{"step": 4, "kin')  # Torn last line.
+  assert [r["step"] for r in metrics_log.read_metrics(path)] == [1, 2, 3]
+  assert metrics_log.read_metrics(path)[0] == {"step": 1, "kind": "train", "loss": 0.5, "nan": "nan"}
+  with metrics_log.MetricsWriter(path, resume_step=2) as w:
+    w.write({"step": 3, "kind": "eval"})
+  with open(path) as f:
+    assert [json.loads(line)["kind"] for line in f] == ["train", "train", "eval"]
