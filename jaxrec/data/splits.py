@@ -307,3 +307,18 @@ def prequential(log: InteractionLog, offline: float = 0.95, valid: float = 0.005
                 valid_batches=_stream_batches(slog, a, b, batch_size),
                 test_batches=_stream_batches(slog, b, n, batch_size))
 
+
+
+SPLITS = {
+    "chronological": chronological,
+    "leave_last_out": leave_last_out,
+    "user_holdout": user_holdout,
+    "context_holdout": context_holdout,
+}
+
+
+def make_split(log: InteractionLog, name: str, **options) -> Split:
+  """Applies the split called ``name`` (a key of :data:`SPLITS`); experiment binaries' ``--split``."""
+  if name not in SPLITS:
+    raise ValueError(f"unknown split {name!r}; known: {sorted(SPLITS)}")
+  return SPLITS[name](log, **options)

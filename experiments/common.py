@@ -1,0 +1,90 @@
+"""Glue shared by the experiment binaries: dataset + split + evaluation queries, result files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from jaxrec import io
+from jaxrec.data import datasets, splits
+from jaxrec.data.log import InteractionLog
+from jaxrec.eval.queries import Queries
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A dataset, its split, and the validation/test queries (known positives excluded)."""
+
+  spec: str
+  log: InteractionLog
+  split: splits.Split
+  valid_queries: Queries
+  test_queries: Queries
+
+  @property
+  def name(self) -> str:
+    return datasets.short_name(self.spec)
+
+  @property
+  def num_items(self) -> int:
+    return self.log.num_items
+
+
+def prepare(spec: str, split: str, *, seed: int = 0, cache_dir: Optional[str] = None,
+            log: Optional[InteractionLog] = None) -> Prepared:
+  """Loads ``spec`` (unless ``log`` is given), splits it, and builds queries.
+
+  Validation queries exclude the user's training items; test queries exclude training and validation
+  items (the "filtered" full-ranking protocol; the sampled protocol never draws them as negatives).
+  """
+  if log is None:
+    log = datasets.load_dataset(spec, seed=seed, cache_dir=cache_dir)
+  options = {"seed": seed} if split in ("user_holdout", "context_holdout") else {}
+  sp = splits.make_split(log, split, **options)
+  return Prepared(spec=spec, log=log, split=sp,
+                  valid_queries=Queries.from_log(sp.valid, [sp.train]),
+                  test_queries=Queries.from_log(sp.test, [sp.train, sp.valid]))
+
+
+def new_user_mask(prepared: Prepared) -> np.ndarray:
+  """bool ``[num_users]``: users without any training interaction."""
+  return prepared.split.train.user_counts() == 0
+
+
+def command_line(module: str, flags: dict) -> str:
+  """The shell command that reproduces a run: ``python -m MODULE --k=v ...``."""
+  parts = ["python", "-m", module] + [f"--{k}={v}" for k, v in flags.items() if v is not None]
+  return " ".join(shlex.quote(p) for p in parts)
+
+
+def this_command() -> str:
+  return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv])
+
+
+def write_results(workdir: str, results: dict) -> str:
+  """Writes ``workdir/results.json`` atomically; returns its path."""
+  path = os.path.join(workdir, "results.json")
+  io.atomic_write_json(path, results)
+  return path
+
+
+def stats_row(prepared: Prepared) -> dict:
+  s = prepared.log.stats()
+  return {"dataset": prepared.name, "users": s["users"], "items": s["items"],
+          "interactions": s["interactions"], "density": s["density"],
+          "median per user": s.get("interactions_per_user_median"),
+          "max per user": s.get("interactions_per_user_max"),
+          "train": len(prepared.split.train), "valid": len(prepared.split.valid),
+          "test": len(prepared.split.test)}
+
+
+def table_columns(rows: Sequence[dict]) -> list[str]:
+  cols: list[str] = []
+  for r in rows:
+    cols += [k for k in r if k not in cols]
+  return cols
