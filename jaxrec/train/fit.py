@@ -1,0 +1,169 @@
+"""Fit a registered base model on a split: examples, per-epoch batches, validation, the loop.
+
+This composes the shared pieces (``jaxrec.data.samplers`` for windows and negatives,
+``jaxrec.models.registry`` for the model, ``jaxrec.train.loop`` for the loop and checkpoints,
+``jaxrec.eval`` for validation) so that every experiment trains base models the same way:
+
+* ``"user"`` models train on (user, positive) pairs of the training log;
+* ``"sequence"`` models on every training interaction that has at least one earlier interaction of its
+  user, with the last ``history_len`` earlier items as input (``samplers.last_windows``);
+* negatives are drawn per epoch from ``np.random.default_rng([seed, epoch])``, excluding the user's
+  training positives, so data order and sampling depend only on (seed, epoch) and resumption is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from jaxrec.data import samplers
+from jaxrec.data.log import InteractionLog, concat_logs
+from jaxrec.eval import protocols as protocols_lib
+from jaxrec.eval.queries import Queries
+from jaxrec.models import registry
+from jaxrec.train import loop as loop_lib
+from jaxrec.train import state as state_lib
+from jaxrec.train import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """Training hyper-parameters shared by every base model.
+
+  Attributes:
+    epochs: passes over the training examples.
+    batch_size: examples per step (static; the last batch is padded and masked).
+    num_negatives: sampled negatives per example.
+    history_len: input window of sequence models.
+    learning_rate, weight_decay, optimizer, clip_norm: the optax optimizer.
+    loss: loss name (None: the model's default).
+    eval_every: steps between validations (None: at epoch ends only).
+    metric: validation metric for keep-best and early stopping.
+    patience: evaluations without improvement before stopping (None: never).
+    progress: tqdm progress bar.
+  """
+
+  epochs: int = 10
+  batch_size: int = 256
+  num_negatives: int = 100
+  history_len: int = 50
+  learning_rate: float = 1e-3
+  weight_decay: float = 0.0
+  optimizer: str = "adam"
+  clip_norm: Optional[float] = 5.0
+  loss: Optional[str] = None
+  eval_every: Optional[int] = None
+  metric: str = "valid/NDCG@10"
+  patience: Optional[int] = 3
+  progress: bool = False
+
+
+def query_features(spec: registry.ModelSpec, logs: list[InteractionLog], which: int,
+                   history_len: int) -> dict[str, np.ndarray]:
+  """Model inputs for the queries made of the rows of ``logs[which]``.
+
+  For sequence models each row's history is the user's last ``history_len`` interactions strictly
+  before it in the concatenation ``logs[0] + logs[1] + ...`` (e.g. train, valid, test), so a query
+  never sees itself or a later interaction. User models need no features.
+  """
+  if spec.family != "sequence":
+    return {}
+  full = concat_logs(logs)
+  win = samplers.last_windows(full, history_len)
+  start = sum(len(log) for log in logs[:which])
+  rows = slice(start, start + len(logs[which]))
+  return {"history": win.history[rows], "history_mask": win.mask[rows]}
+
+
+def training_examples(spec: registry.ModelSpec, train: InteractionLog, history_len: int) -> dict:
+  """Host arrays of training examples for the model's family (see module docstring)."""
+  if spec.family == "user":
+    return {"user": train.user.astype(np.int32), "positive": train.item.astype(np.int32)}
+  win = samplers.last_windows(train, history_len)
+  keep = win.mask.any(axis=1)
+  return {"user": win.user[keep], "positive": win.target[keep], "history": win.history[keep],
+          "history_mask": win.mask[keep]}
+
+
+def epoch_batches(examples: Mapping[str, np.ndarray], known_csr, num_items: int, config: FitConfig,
+                  seed: int, epoch: int):
+  """Shuffled static-shape batches of one epoch with freshly sampled negatives."""
+  rng = np.random.default_rng([seed, epoch])
+  negatives = samplers.sample_negatives(rng, examples["user"], config.num_negatives, num_items, known_csr)
+  arrays = dict(examples, negatives=negatives)
+  return samplers.iterate_batches(arrays, config.batch_size, rng=rng)
+
+
+@dataclasses.dataclass
+class FitResult:
+  params: Any
+  score_fn: Any
+  history: list
+  train_seconds: float
+  best_step: int
+
+
+def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], config: FitConfig, *,
+        seed: int = 0, hparams: Optional[Mapping[str, Any]] = None, workdir: Optional[str] = None,
+        valid_protocol: Optional[protocols_lib.Protocol] = None) -> FitResult:
+  """Trains ``model`` (a registry name) on ``train``, selecting the best state on ``valid_queries``.
+
+  Args:
+    model: registered model name.
+    train: training log.
+    valid_queries: validation queries (with the features the model needs); None: no validation,
+      the last state is kept.
+    config: :class:`FitConfig`.
+    seed: the one seed (init, data order, negatives).
+    hparams: model hyper-parameters overriding the registry defaults.
+    workdir: checkpoints and ``metrics.jsonl`` (resumes if it holds a checkpoint); None: in memory.
+    valid_protocol: protocol of the validation (default: 99 sampled negatives, drawn once).
+
+  Returns:
+    A :class:`FitResult` with the best parameters and their ``ScoreFn``.
+  """
+  spec = registry.get(model)
+  hp = dict(hparams or {})
+  if spec.family == "sequence" and "max_len" in spec.defaults:
+    hp.setdefault("max_len", config.history_len)
+  module = spec.make(train.num_users, train.num_items, **hp)
+  examples = training_examples(spec, train, config.history_len)
+  known = train.user_item_csr()
+  rng = jax.random.PRNGKey(seed)
+  init_rng, loop_rng = jax.random.split(rng)
+  sample = next(iter(epoch_batches({k: v[:2] for k, v in examples.items()}, known, train.num_items,
+                                   dataclasses.replace(config, batch_size=2), seed, 0)))
+  params = spec.init(init_rng, module, sample)
+  tx = state_lib.make_optimizer(config.optimizer, config.learning_rate, weight_decay=config.weight_decay,
+                                clip_norm=config.clip_norm)
+  state = state_lib.create(params, tx)
+  train_step = step_lib.jit_train_step(spec.loss_fn(module, config.loss), tx)
+
+  eval_fn = None
+  if valid_queries is not None and len(valid_queries):
+    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=99, seed=seed)
+    if isinstance(protocol, protocols_lib.Sampled):
+      protocol = protocol.draw(valid_queries, train.num_items)
+
+    def eval_fn(p):
+      res = protocols_lib.evaluate(spec.score_fn(module, p), valid_queries, protocol, train.num_items,
+                                   batch_size=256, ks=(10,))
+      return {f"valid/{k}": v for k, v in res.summary.items() if k != "num_queries"}
+
+  steps_per_epoch = -(-len(examples["user"]) // config.batch_size)
+  loop_config = loop_lib.LoopConfig(
+      num_epochs=config.epochs, log_every=max(1, min(100, steps_per_epoch)), eval_every=config.eval_every,
+      metric=config.metric if eval_fn is not None else None, patience=config.patience,
+      progress=config.progress, steps_per_epoch=steps_per_epoch)
+  t0 = time.time()
+  best, history = loop_lib.train(
+      loop_config, state, train_step,
+      lambda epoch: epoch_batches(examples, known, train.num_items, config, seed, epoch),
+      eval_fn, workdir, rng=loop_rng)
+  seconds = time.time() - t0
+  return FitResult(params=best.params, score_fn=spec.score_fn(module, best.params), history=history,
+                   train_seconds=seconds, best_step=int(best.step))
