@@ -1,0 +1,246 @@
+"""Tests for the base recommenders (mf, ncf, sequential) and their registry."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+from jaxrec.models import losses, mf, ncf, registry, sequential
+
+U, I, B, L, N, D = 6, 13, 3, 5, 4, 8
+
+TINY = {
+    "mf-bpr": {"dim": D},
+    "mf-log": {"dim": D},
+    "ncf": {"mf_dim": 4, "mlp_layers": (8, 8, 4)},
+    "gru4rec": {"dim": D, "hidden": D, "dropout": 0.0},
+    "caser": {"dim": D, "max_len": L, "num_h": 2, "num_v": 2, "dropout": 0.0, "user_dim": 2},
+    "sasrec": {"dim": D, "max_len": L, "num_blocks": 1, "num_heads": 2, "dropout": 0.0},
+    "sumpool": {"dim": D},
+}
+SEQUENCE = [n for n in TINY if registry.get(n).family == "sequence"]
+
+
+def _batch(seed=0, batch_size=B):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(0, L + 1, size=batch_size)
+  lengths[0] = L  # one full window
+  lengths[-1] = 2
+  hist_mask = np.arange(L)[None, :] >= (L - lengths)[:, None]  # right-aligned, left padding
+  positive = rng.integers(0, I, batch_size)
+  return {
+      "user": jnp.asarray(rng.integers(0, U, batch_size), jnp.int32),
+      "history": jnp.asarray(np.where(hist_mask, rng.integers(0, I, (batch_size, L)), 0), jnp.int32),
+      "history_mask": jnp.asarray(hist_mask),
+      "positive": jnp.asarray(positive, jnp.int32),
+      "negatives": jnp.asarray((positive[:, None] + rng.integers(1, I, (batch_size, N))) % I, jnp.int32),
+      "mask": jnp.ones(batch_size, bool),
+  }
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name):
+  spec = registry.get(name)
+  module = spec.make(U, I, **TINY[name])
+  # Parameters drawn on the host in the shapes spec.init gives (spec.init itself is tested once, on MF):
+  # compiling every model's initialisers costs more than the rest of this file.
+  shapes = jax.eval_shape(lambda k: spec.init(k, module, _batch()), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  def draw(path, x):
+    noise = rng.normal(size=x.shape).astype(np.float32)
+    return jnp.asarray(1 + 0.1 * noise if path[-1].key == "scale" else 0.3 * noise)
+  return spec, module, jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _score_all(module, params, batch):
+  """Shared [C] scores, per-query [B, N] scores, broadcast [B, C] scores (and the state)."""
+  shared_items = jnp.array([4, 0, 12, 7, 7], jnp.int32)
+  out = {
+      "shared": module.apply(params, batch, shared_items, method=module.score),
+      "per_query": module.apply(params, batch, batch["negatives"], method=module.score),
+      "broadcast": module.apply(params, batch, jnp.broadcast_to(shared_items, (B, 5)), method=module.score),
+  }
+  if isinstance(module, sequential.SequenceModel):
+    out["state"] = module.apply(params, batch["history"], batch["history_mask"], batch["user"],
+                                method=module.encode)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _eager_reference(name):
+  _, module, params = _built(name)
+  return _score_all(module, params, _batch(1))
+
+
+class ScoreTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*[(n, n) for n in TINY])
+  def test_shapes_jit_agree_and_shared_equals_broadcast(self, name):
+    _, module, params = _built(name)
+    out = self.variant(functools.partial(_score_all, module))(params, _batch(1))
+    chex.assert_shape([out["shared"], out["per_query"], out["broadcast"]], [(B, 5), (B, N), (B, 5)])
+    if "state" in out:
+      chex.assert_shape(out["state"], (B, D))
+    chex.assert_tree_all_finite(out)
+    # jit and non-jit agree with the eager reference
+    chex.assert_trees_all_close(out, _eager_reference(name), rtol=1e-5, atol=1e-5)
+    # shared [C] candidates == per-query candidates broadcast to [B, C]
+    np.testing.assert_allclose(out["shared"], out["broadcast"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out["shared"][:, 0], out["shared"][:, 1])  # scores depend on the item
+
+
+def test_mf_matches_formula_and_bias():
+  _, module, params = _built("mf-log")
+  assert isinstance(module, mf.MF) and module.use_bias
+  rng = np.random.default_rng(2)
+  params = jax.tree.map(lambda x: x + 0.3 * rng.normal(size=x.shape).astype(np.float32), params)
+  p = params["params"]
+  batch = _batch(4)
+  items = jnp.arange(I)
+  ref = (p["user_emb"]["embedding"][batch["user"]] @ p["item_emb"]["embedding"].T
+         + p["user_bias"][batch["user"]][:, None] + p["item_bias"][None] + p["global_bias"])
+  out = module.apply(params, batch, items, method=module.score)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_neumf_matches_paper_equation():
+  _, module, params = _built("ncf")
+  p = params["params"]
+  batch = _batch(5)
+  users, items = batch["user"], batch["negatives"]
+  gmf = p["gmf_user"]["embedding"][users][:, None] * p["gmf_item"]["embedding"][items]
+  x = jnp.concatenate([jnp.broadcast_to(p["mlp_user"]["embedding"][users][:, None], items.shape + (4,)),
+                       p["mlp_item"]["embedding"][items]], axis=-1)
+  w1 = jnp.concatenate([p["mlp_0_user"]["kernel"], p["mlp_0_item"]["kernel"]], axis=0)  # W_1 on [p; q]
+  h = jax.nn.relu(x @ w1 + p["mlp_0_item"]["bias"])
+  h = jax.nn.relu(h @ p["mlp_1"]["kernel"] + p["mlp_1"]["bias"])
+  ref = (jnp.concatenate([gmf, h], -1) @ p["predict"]["kernel"] + p["predict"]["bias"])[..., 0]
+  out = module.apply(params, batch, items, method=module.score)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  assert isinstance(module, ncf.NeuMF)
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_padding_ids_do_not_matter(name):
+  _, module, params = _built(name)
+  batch = _batch(6)
+  mask = batch["history_mask"]
+  assert not bool(mask.all())
+  encode = lambda h: module.apply(params, h, mask, batch["user"], method=module.encode)
+  junk = jnp.where(mask, batch["history"], (batch["history"] + 5) % I)
+  np.testing.assert_allclose(encode(junk), encode(batch["history"]), rtol=1e-5, atol=1e-6)
+  real_changed = batch["history"].at[:, -1].set((batch["history"][:, -1] + 1) % I)
+  assert not np.allclose(encode(real_changed), encode(batch["history"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_padding_equals_truncation(name):
+  """Padded steps are skipped, not fed as zero inputs: a left-padded window equals the shorter one."""
+  _, module, params = _built(name)
+  batch = _batch(7)
+  h, m = batch["history"], batch["history_mask"].at[:, :2].set(False)
+  enc = lambda h, m: module.apply(params, h, m, batch["user"], method=module.encode)
+  np.testing.assert_allclose(enc(h[:, 2:], m[:, 2:]), enc(h, m), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
+def test_causality(name):
+  _, module, params = _built(name)
+  batch = _batch(8)
+  h, m = batch["history"], jnp.ones_like(batch["history_mask"])
+  seq = lambda hist: module.apply(params, hist, m, method=module.encode_sequence)
+  t = 2
+  later = h.at[:, t + 1:].set((h[:, t + 1:] + 3) % I)
+  before, after = seq(h), seq(later)
+  chex.assert_shape(before, (B, L, D))
+  np.testing.assert_allclose(after[:, :t + 1], before[:, :t + 1], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(after[:, -1], before[:, -1], atol=1e-4)
+  state = module.apply(params, h, m, method=module.encode)
+  np.testing.assert_allclose(state, before[:, -1], rtol=1e-6)
+
+
+def test_sasrec_dropout_only_when_not_deterministic():
+  _, module, params = _built("sasrec")
+  module = module.clone(dropout=0.5)
+  batch = _batch(9)
+  run = lambda det, k: module.apply(params, batch, jnp.arange(I), deterministic=det,
+                                    rngs={"dropout": jax.random.key(k)}, method=module.score)
+  np.testing.assert_allclose(run(True, 1), run(True, 2))
+  assert not np.allclose(run(False, 1), run(False, 2))
+
+
+def test_masked_rows_do_not_change_model_loss():
+  spec, module, params = _built("sasrec")
+  loss_fn = spec.loss_fn(module)
+  batch = dict(_batch(10), mask=jnp.array([True, True, False]))
+  other = dict(batch, positive=batch["positive"].at[2].set((batch["positive"][2] + 1) % I))
+  np.testing.assert_allclose(loss_fn(params, batch, None)[0], loss_fn(params, other, None)[0], rtol=1e-6)
+
+
+def _fit(spec, module, params, loss, batch, steps=150):
+  loss_fn = spec.loss_fn(module, loss)
+  opt = optax.adam(0.05)
+
+  @jax.jit
+  def run(params):
+    def step(carry, k):
+      p, s = carry
+      (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, jax.random.key(k))
+      u, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, u), s), aux["loss"]
+    (_, _), trace = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
+    return trace
+
+  return np.asarray(run(params))
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_overfits_toy_batch(name):
+  spec, module, params = _built(name)
+  batch = _batch(11, batch_size=8)
+  trace = _fit(spec, module, params, spec.default_loss, batch)
+  assert trace[-1] < 0.3 * trace[0], (trace[0], trace[-1])
+
+
+def test_sequence_losses_choice():
+  spec, module, params = _built("sumpool")
+  batch = _batch(12, batch_size=8)
+  trace = _fit(spec, module, params, "bpr", batch, steps=100)
+  assert trace[-1] < 0.5 * trace[0], (trace[0], trace[-1])
+  full, _ = spec.loss_fn(module, "full_softmax")(params, batch, None)
+  logits = module.apply(params, batch, jnp.arange(I), method=module.score)
+  np.testing.assert_allclose(full, losses.full_softmax(logits, batch["positive"]), rtol=1e-6)
+  _, aux = spec.loss_fn(module)(params, batch, None)
+  assert set(aux) == {"loss", "pos_score", "neg_score", "pairwise_acc"}
+  with pytest.raises(ValueError, match="unknown loss"):
+    spec.loss_fn(module, "hinge")
+  with pytest.raises(ValueError, match="unknown loss"):
+    registry.get("mf-bpr").loss_fn(module, "full_softmax")
+
+
+def test_registry():
+  assert registry.names() == sorted(TINY)
+  spec = registry.get("mf-bpr")
+  assert (spec.family, spec.default_loss) == ("user", "bpr")
+  assert registry.get("mf-log").default_loss == "log" and registry.get("ncf").default_loss == "log"
+  assert all(registry.get(n).default_loss == "softmax" for n in SEQUENCE)
+  with pytest.raises(KeyError, match="unknown model"):
+    registry.get("bert4rec")
+  with pytest.raises(ValueError, match="unknown hyper-parameters"):
+    spec.make(U, I, loss="log")
+  with pytest.raises(ValueError, match="already registered"):
+    registry.register(spec)
+  module = spec.make(U, I, dim=D)
+  params = spec.init(jax.random.key(0), module, registry.sample_batch("user"))
+  assert isinstance(params, dict) and set(params) == {"params"}
+  chex.assert_trees_all_equal_shapes(params, _built("mf-bpr")[2])
+  assert float(jnp.std(params["params"]["user_emb"]["embedding"])) > 0.01
+  assert registry.sample_batch("sequence")["history"].shape == (2, 5)
+  module = registry.get("sasrec").make(U, I)
+  assert (module.dim, module.num_blocks) == (50, 2)
