@@ -52,10 +52,9 @@ def run(model: str, dataset: str, split: str = "leave_last_out", *, config: fit_
   spec = registry.get(model)
   sp = prep.split
   logs = [sp.train, sp.valid, sp.test]
-  valid_q = dataclasses.replace(prep.valid_queries,
-                                features=fit_lib.query_features(spec, logs, 1, config.history_len))
-  test_q = dataclasses.replace(prep.test_queries,
-                               features=fit_lib.query_features(spec, logs, 2, config.history_len))
+  hist = fit_lib.history_len_for(model, config, hparams)
+  valid_q = dataclasses.replace(prep.valid_queries, features=fit_lib.query_features(spec, logs, 1, hist))
+  test_q = dataclasses.replace(prep.test_queries, features=fit_lib.query_features(spec, logs, 2, hist))
   ckpt = os.path.join(workdir, "checkpoints_root") if workdir else None
   fitted = fit_lib.fit(model, sp.train, valid_q, config, seed=seed, hparams=hparams, workdir=ckpt)
   protocols = suite.standard_protocols(num_negatives=eval_negatives, seed=seed)

@@ -43,6 +43,7 @@ class FitConfig:
     loss: loss name (None: the model's default).
     eval_every: steps between validations (None: at epoch ends only).
     metric: validation metric for keep-best and early stopping.
+    valid_negatives: sampled negatives of the validation protocol (drawn once).
     patience: evaluations without improvement before stopping (None: never).
     progress: tqdm progress bar.
   """
@@ -58,6 +59,7 @@ class FitConfig:
   loss: Optional[str] = None
   eval_every: Optional[int] = None
   metric: str = "valid/NDCG@10"
+  valid_negatives: int = 99
   patience: Optional[int] = 3
   progress: bool = False
 
@@ -77,6 +79,13 @@ def query_features(spec: registry.ModelSpec, logs: list[InteractionLog], which: 
   start = sum(len(log) for log in logs[:which])
   rows = slice(start, start + len(logs[which]))
   return {"history": win.history[rows], "history_mask": win.mask[rows]}
+
+
+def history_len_for(model: str, config: FitConfig, hparams: Optional[Mapping[str, Any]] = None) -> int:
+  """The window a model actually reads: ``config.history_len``, capped by the model's ``max_len``."""
+  spec = registry.get(model)
+  max_len = dict(spec.defaults, **(hparams or {})).get("max_len")
+  return config.history_len if max_len is None else min(config.history_len, int(max_len))
 
 
 def training_examples(spec: registry.ModelSpec, train: InteractionLog, history_len: int) -> dict:
@@ -121,15 +130,16 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
     seed: the one seed (init, data order, negatives).
     hparams: model hyper-parameters overriding the registry defaults.
     workdir: checkpoints and ``metrics.jsonl`` (resumes if it holds a checkpoint); None: in memory.
-    valid_protocol: protocol of the validation (default: 99 sampled negatives, drawn once).
+    valid_protocol: protocol of the validation (default: ``config.valid_negatives`` sampled negatives).
 
   Returns:
     A :class:`FitResult` with the best parameters and their ``ScoreFn``.
   """
   spec = registry.get(model)
   hp = dict(hparams or {})
-  if spec.family == "sequence" and "max_len" in spec.defaults:
+  if spec.name == "sasrec":  # positional table sized to the window, as in the SASRec code
     hp.setdefault("max_len", config.history_len)
+  config = dataclasses.replace(config, history_len=history_len_for(model, config, hp))
   module = spec.make(train.num_users, train.num_items, **hp)
   examples = training_examples(spec, train, config.history_len)
   known = train.user_item_csr()
@@ -145,7 +155,7 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
 
   eval_fn = None
   if valid_queries is not None and len(valid_queries):
-    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=99, seed=seed)
+    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=config.valid_negatives, seed=seed)
     if isinstance(protocol, protocols_lib.Sampled):
       protocol = protocol.draw(valid_queries, train.num_items)
 
