@@ -1,0 +1,298 @@
+"""Tests of the 2TS / 2TS-Plus core (jaxrec/methods/two_time_scale.py), tiny shapes."""
+
+import dataclasses
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+from jaxrec.data.log import InteractionLog
+from jaxrec.methods import two_time_scale as tts
+
+NUM_USERS, NUM_ITEMS, FEAT = 7, 16, 3
+# per-user training sequences (time order); t* = 3, K = 2: users 0 and 3 active, 5 and 6 new.
+SEQS = {0: [1, 2, 3, 4, 5], 1: [6, 7], 2: [8, 9, 10], 3: [11, 12, 13, 14, 15, 0], 4: [3]}
+
+
+def _log(seqs, num_users=NUM_USERS, num_items=NUM_ITEMS, t0=0, feats=None):
+  users, items, times = [], [], []
+  for u, s in seqs.items():
+    users += [u] * len(s)
+    items += s
+    times += [t0 + 10 * t + u for t in range(len(s))]
+  order = np.random.default_rng(0).permutation(len(users))  # rows out of order on purpose
+  return InteractionLog.from_arrays(np.array(users)[order], np.array(items)[order], np.array(times)[order],
+                                    num_users=num_users, num_items=num_items, item_features=feats)
+
+
+def _cfg(variant="2ts", feats=True, **kw):
+  # d = 7 with or without features, so that the eager init ops compile once for the whole file
+  base = dict(variant=variant, d_id=4 if feats else 7, d_feat=3, feat_hidden=5, t_star=3, k=2, num_offered=3)
+  base.update(kw)
+  return tts.TwoTimeScaleConfig(**base)
+
+
+def _setup(variant="2ts", feats=True):
+  cfg = _cfg(variant, feats)
+  f = np.random.default_rng(1).normal(size=(NUM_ITEMS, FEAT)).astype(np.float32) if feats else None
+  data = tts.prepare_training_data(_log(SEQS, feats=f), cfg.t_star, cfg.k)
+  params = tts.init_params(cfg, jax.random.key(0), NUM_USERS, NUM_ITEMS, FEAT if feats else 0)
+  if cfg.plus:  # move W away from [I; 0] so that the x_prev path matters
+    params["w"] = params["w"] + 0.3 * jax.random.normal(jax.random.key(5), params["w"].shape)
+    params["x_start"] = 0.2 * jnp.ones_like(params["x_start"])
+  return cfg, data, params, (None if f is None else jnp.asarray(f))
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_cell(d):
+  cell = nn.GRUCell(features=d)
+  return jax.jit(lambda p, h, x: cell.apply({"params": p}, h[None], x[None])[0][0])
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_group_rollout(cfg, group):
+  return jax.jit(lambda p, g, f: tts.group_rollout(cfg, p, g, group, f))
+
+
+_jit_table = jax.jit(tts.item_table, static_argnums=0)
+
+
+def _stage2_batch(data, feats):
+  batch = {"inactive": data.group("inactive"), "active": data.group("active")}
+  if feats is not None:
+    batch["item_features"] = feats
+  return batch
+
+
+def test_prepare_training_data_groups():
+  data = tts.prepare_training_data(_log(SEQS), t_star=3, k=2)
+  np.testing.assert_array_equal(data.active, [True, False, False, True, False, False, False])
+  np.testing.assert_array_equal(data.in_user, [1, 2, 4])
+  np.testing.assert_array_equal(data.in_items, [[6, 7, 0], [8, 9, 10], [3, 0, 0]])
+  np.testing.assert_array_equal(data.in_mask, [[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+  np.testing.assert_array_equal(data.act_user, [0, 3])
+  np.testing.assert_array_equal(data.act_items, [[4, 5], [15, 0]])  # the LAST K, in time order
+  np.testing.assert_array_equal(data.act_prev, [3, 14])
+  np.testing.assert_array_equal(data.last_item, [5, 7, 10, 0, 3, -1, -1])
+  assert data.pair_user.shape == (17,)
+
+
+def test_prepare_eval_sequences_rows_line_up():
+  valid = _log({0: [1, 2], 5: [3]}, t0=1000)
+  test = _log({0: [4], 2: [6, 7]}, t0=2000)
+  seqs = tts.prepare_eval_sequences([valid, test])
+  np.testing.assert_array_equal(seqs.user, [0, 2, 5])
+  np.testing.assert_array_equal(seqs.items, [[1, 2, 4], [6, 7, 0], [3, 0, 0]])
+  cat_items = np.concatenate([valid.item, test.item])
+  np.testing.assert_array_equal(cat_items[seqs.row[seqs.mask]], seqs.items[seqs.mask])
+  assert (seqs.row[~seqs.mask] == -1).all() and seqs.num_rows == 6
+
+
+def _reference_rollout(cfg, params, data, group, feats):
+  """Per-user Python loop calling the GRU cells one step at a time."""
+  table = np.asarray(_jit_table(cfg, params, feats))
+  d = table.shape[1]
+  cell = _jit_cell(d)
+  g = data.group(group)
+  key = "cell_in" if group == "inactive" else "cell_act"
+  queries, finals = np.zeros(g["items"].shape + (d,), np.float32), []
+  for b in range(g["items"].shape[0]):
+    h = params["psi"] if group == "inactive" else params["user"][g["user"][b]]
+    prev = g["prev"][b]
+    xp = (table[prev] if prev >= 0 else params["x_start"]) if cfg.plus else np.zeros(d)
+    for t in range(g["items"].shape[1]):
+      if not g["mask"][b, t]:
+        continue
+      queries[b, t] = np.concatenate([h, xp]) @ params["w"] if cfg.plus else h
+      x = table[g["items"][b, t]]
+      h = np.asarray(cell(params[key], jnp.asarray(h), jnp.asarray(x)))
+      xp = x
+    finals.append(np.asarray(h))
+  return queries, np.stack(finals)
+
+
+@pytest.mark.parametrize("variant", ["2ts", "2ts-plus"])
+def test_batched_stage2_matches_per_user_loop_and_loss(variant):
+  cfg, data, params, feats = _setup(variant)
+  batch = _stage2_batch(data, feats)
+  negs, per_group = {}, []
+  for i, group in enumerate(("inactive", "active")):
+    ref_q, ref_h = _reference_rollout(cfg, params, data, group, feats)
+    qs, _, h, _ = _jit_group_rollout(cfg, group)(params, batch[group], feats)
+    m = data.group(group)["mask"]
+    np.testing.assert_allclose(np.asarray(qs)[m], ref_q[m], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(h), ref_h, rtol=1e-5, atol=1e-5)
+    # stage-2 loss (Eq. 11, 12) against numpy on the reference queries
+    items = data.group(group)["items"]
+    negs[group] = jax.random.randint(jax.random.key(i), items.shape + (3,), 0, NUM_ITEMS)
+    table = np.asarray(_jit_table(cfg, params, feats))
+    cand = np.concatenate([items[..., None], np.asarray(negs[group])], -1)
+    logits = np.einsum("bld,blcd->blc", ref_q, table[cand])
+    per = np.log(np.exp(logits).sum(-1)) - logits[..., 0]
+    per_group.append((per * m).sum() / m.sum())
+  loss, aux = jax.jit(functools.partial(tts.stage2_loss, cfg))(params, batch, jax.random.key(0), negs)
+  np.testing.assert_allclose(float(loss), sum(per_group), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["loss_in"]), per_group[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["2ts", "2ts-plus"])
+def test_no_interaction_is_scored_with_a_state_that_has_seen_it(variant):
+  cfg, data, params, feats = _setup(variant, feats=False)
+  items = jnp.array([[2, 5, 9, 11]])
+  mask = jnp.ones((1, 4), bool)
+  table = _jit_table(cfg, params, None)
+  state = {"h": params["psi"][None], "x_prev": params["item"][jnp.array([7])], "active": jnp.array([False])}
+  rollout = jax.jit(functools.partial(tts.eval_rollout, cfg))
+  q0, moves, _ = rollout(params, table, state, items, mask)
+  assert moves.shape == (1, 4) and (moves > 0).all()
+  for t in range(3):
+    q1, _, _ = rollout(params, table.at[items[0, t]].add(1.0), state, items, mask)
+    np.testing.assert_array_equal(q1[0, : t + 1], q0[0, : t + 1])  # step t and before: unchanged
+    assert not np.allclose(q1[0, t + 1], q0[0, t + 1])               # step t + 1 sees item i_t
+  # the same on the training side (stage-2 rollout through item params)
+  g = data.group("inactive", np.array([1]))  # items [8, 9, 10]
+  fn = _jit_group_rollout(cfg, "inactive")
+  q0 = fn(params, g, None)[0]
+  q1 = fn(dict(params, item=params["item"].at[9].add(1.0)), g, None)[0]
+  np.testing.assert_array_equal(q1[0, :2], q0[0, :2])
+  assert not np.allclose(q1[0, 2], q0[0, 2])
+
+
+def test_stage2_keeps_frozen_params_bit_identical_and_learns_the_rest():
+  cfg, data, params, feats = _setup("2ts-plus")
+  frozen = jax.device_get({k: params[k] for k in tts.STAGE1_KEYS})
+  before = jax.device_get(params)
+  step, opt = tts.make_step(cfg, params, "stage2", optax.adam(1e-2))
+  batch = _stage2_batch(data, feats)
+  p = params
+  for s in range(3):
+    p, opt, metrics = step(p, opt, batch, jax.random.key(s))
+  chex.assert_trees_all_equal({k: p[k] for k in tts.STAGE1_KEYS}, frozen)
+  for k in ("cell_in", "cell_act", "psi", "w", "x_start"):
+    assert not np.allclose(jax.tree.leaves(p[k])[0], jax.tree.leaves(before[k])[0]), k
+  assert np.isfinite(float(metrics["loss"]))
+
+
+def test_stage1_step_only_moves_stage1_params():
+  cfg, data, params, feats = _setup("2ts")
+  before = jax.device_get(params)
+  step, opt = tts.make_step(cfg, params, "stage1", optax.adam(1e-2))
+  batch = {"user": data.pair_user, "item": data.pair_item, "item_features": feats}
+  p, _, _ = step(params, opt, batch, jax.random.key(0))
+  chex.assert_trees_all_equal({k: p[k] for k in ("cell_in", "cell_act", "psi")},
+                              {k: before[k] for k in ("cell_in", "cell_act", "psi")})
+  assert not np.allclose(p["feat_net"]["Dense_0"]["kernel"], before["feat_net"]["Dense_0"]["kernel"])
+
+
+def test_offer_sets_never_contain_the_positive_and_cover_the_rest():
+  num_items = 5
+  pos = jnp.tile(jnp.arange(num_items), 40)
+  negs = np.asarray(tts.sample_offer_negatives(jax.random.key(3), pos, num_items, 50))
+  assert negs.shape == (200, 50)
+  assert (negs != np.asarray(pos)[:, None]).all()
+  assert negs.min() >= 0 and negs.max() < num_items
+  for i in range(num_items):  # every other item can be offered, including the last one
+    assert set(np.unique(negs[np.asarray(pos) == i])) == set(range(num_items)) - {i}
+
+
+def test_ccf_loss_matches_numpy():
+  cfg, _, params, _ = _setup("ccf", feats=False)
+  users, items = np.array([0, 3, 3, 6]), np.array([1, 0, 15, 2])
+  negs = np.array([[0, 2, 2], [1, 5, 9], [14, 3, 3], [15, 0, 1]])
+  loss, _ = tts.ccf_loss(cfg, params, {"user": users, "item": items}, jax.random.key(0),
+                         negatives=jnp.asarray(negs))
+  phi, x = np.asarray(params["user"], np.float64), np.asarray(params["item"], np.float64)
+  logits = np.einsum("bd,bcd->bc", phi[users], x[np.concatenate([items[:, None], negs], 1)])
+  ref = np.mean(np.log(np.exp(logits).sum(1)) - logits[:, 0])
+  np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+
+
+def _planted_log():
+  """Two user clusters, each walking through its own half of the items in a fixed cycle."""
+  rng = np.random.default_rng(0)
+  seqs = {}
+  for u in range(24):
+    half = (u % 2) * 8
+    n = 12 if u < 8 else 3  # 8 active (> t* = 6) and 16 inactive users
+    start = rng.integers(8)
+    seqs[u] = [half + (start + t) % 8 for t in range(n)]
+  return _log(seqs, num_users=24, num_items=16)
+
+
+@pytest.mark.parametrize("variant", ["2ts-plus", "single-stage"])
+def test_losses_decrease_on_planted_structure(variant):
+  cfg = _cfg(variant, feats=False, t_star=6, k=4, num_offered=4, epochs_stage1=8, epochs_stage2=20,
+             epochs_single=8, batch_stage1=32, batch_inactive=8, batch_active=4, lr_stage1=0.05,
+             lr_stage2=0.02, lr_single=0.02)
+  res = tts.train(cfg, _planted_log())
+  stages = sorted({h["stage"] for h in res.history})
+  for stage in stages:
+    losses = [h["loss"] for h in res.history if h["stage"] == stage]
+    assert np.mean(losses[-3:]) < 0.85 * losses[0], (stage, losses)
+  assert all(h["wall_time"] > 0 for h in res.history)
+  assert stages == (["single"] if variant == "single-stage" else ["stage1", "stage2"])
+
+
+class Stage2LossJitTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_stage2_loss_jit_agrees(self):
+    cfg, data, params, feats = _setup("2ts-plus")
+    batch = _stage2_batch(data, feats)
+    fn = self.variant(lambda p, b, r: tts.stage2_loss(cfg, p, b, r)[0])
+    ref = tts.stage2_loss(cfg, params, batch, jax.random.key(7))[0]
+    np.testing.assert_allclose(float(fn(params, batch, jax.random.key(7))), float(ref), rtol=1e-5)
+
+
+class VariantTest(parameterized.TestCase):
+
+  def test_two_gru_ignores_phi(self):
+    cfg, data, params, _ = _setup("2-gru", feats=False)
+    g = data.group("active")
+    fn = _jit_group_rollout(cfg, "active")
+    q0 = fn(params, g, None)[0]
+    q1 = fn(dict(params, user=params["user"] + 1.0), g, None)[0]
+    np.testing.assert_array_equal(q0, q1)
+    np.testing.assert_allclose(q0[:, 0], np.broadcast_to(params["psi_act"], q0[:, 0].shape))
+
+  def test_single_stage_trains_everything(self):
+    self.assertEqual(set(tts.trainable_keys(_cfg("single-stage"), _setup("single-stage")[2], "single")),
+                     {"user", "item", "feat_net", "cell_in", "cell_act", "psi"})
+
+  def test_bad_variant(self):
+    with self.assertRaises(ValueError):
+      _cfg("3ts")
+
+  @parameterized.parameters("ccf", "2ts")
+  def test_eval_query_vectors_line_up_with_rows(self, variant):
+    cfg, data, params, _ = _setup(variant, feats=False)
+    valid = _log({0: [1, 2], 5: [3]}, t0=1000)
+    test = _log({0: [4], 1: [6, 7]}, t0=2000)
+    seqs = tts.prepare_eval_sequences([valid, test])
+    out = tts.eval_query_vectors(cfg, params, data, seqs, batch_size=2)
+    users = np.concatenate([valid.user, test.user])
+    states = tts.user_states(cfg, params, data)
+    first = out.seen == 0  # the first later interaction is scored with the end-of-training state
+    np.testing.assert_allclose(out.user_vec[first], np.asarray(states["h"])[users[first]], rtol=1e-6)
+    np.testing.assert_array_equal(out.active, data.active[users])
+    if variant == "ccf":
+      np.testing.assert_allclose(out.user_vec, np.asarray(params["user"])[users], rtol=1e-6)
+      self.assertTrue((out.move == 0).all())
+    else:
+      np.testing.assert_allclose(states["h"][5], params["psi"], rtol=1e-6)  # new user: psi
+      self.assertTrue((out.move > 0).all())
+      scores = tts.make_score_fn(tts.item_table(cfg, params))({"user_vec": out.user_vec}, jnp.arange(4))
+      self.assertEqual(scores.shape, (out.user_vec.shape[0], 4))
+
+
+def test_config_is_hashable_and_frozen():
+  cfg = _cfg()
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.k = 3  # type: ignore[misc]
+  assert hash(cfg) == hash(_cfg())
