@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxrec import io
-from jaxrec.data import datasets, splits
+from jaxrec.data import datasets, preprocess, splits
 from jaxrec.data.log import InteractionLog
 from jaxrec.eval.queries import Queries
 
@@ -35,15 +35,24 @@ class Prepared:
     return self.log.num_items
 
 
+# Splits that evaluate "the next item" per user: repeated (user, item) pairs are dropped first (keeping
+# the earliest), as in the TP/SASRec protocols, so a test positive is never an item the user already had.
+# The chronological split (2TS "interaction prediction") keeps repeat consumption.
+DEDUPLICATE_FOR = ("leave_last_out", "user_holdout", "context_holdout")
+
+
 def prepare(spec: str, split: str, *, seed: int = 0, cache_dir: Optional[str] = None,
-            log: Optional[InteractionLog] = None) -> Prepared:
+            log: Optional[InteractionLog] = None, deduplicate: Optional[bool] = None) -> Prepared:
   """Loads ``spec`` (unless ``log`` is given), splits it, and builds queries.
 
   Validation queries exclude the user's training items; test queries exclude training and validation
   items (the "filtered" full-ranking protocol; the sampled protocol never draws them as negatives).
+  ``deduplicate`` (default: ``split in DEDUPLICATE_FOR``) keeps the first of repeated (user, item) rows.
   """
   if log is None:
     log = datasets.load_dataset(spec, seed=seed, cache_dir=cache_dir)
+  if deduplicate if deduplicate is not None else split in DEDUPLICATE_FOR:
+    log = preprocess.deduplicate(log, keep="first")
   options = {"seed": seed} if split in ("user_holdout", "context_holdout") else {}
   sp = splits.make_split(log, split, **options)
   return Prepared(spec=spec, log=log, split=sp,
