@@ -1,6 +1,1 @@
-"""Tree index over items and jitted beam search (tree two-stage retrieval)."""
-
-from jaxrec.retrieval.beam_search import beam_search, batched_beam_search
-from jaxrec.retrieval.tree import TreeIndex
-
-__all__ = ["TreeIndex", "batched_beam_search", "beam_search"]
+"""Tree index over items (``tree``) and jitted beam search (``beam_search``) for tree retrieval."""
