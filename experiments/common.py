@@ -71,6 +71,12 @@ def command_line(module: str, flags: dict) -> str:
   return " ".join(shlex.quote(p) for p in parts)
 
 
+def flag_values() -> dict:
+  """The values of the flags the running binary defined (absl's own flags left out)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  return {f.name: f.value for f in flags.FLAGS.get_flags_for_module(sys.argv[0])}
+
+
 def this_command() -> str:
   return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv])
 

@@ -19,16 +19,6 @@ from experiments.registry import Experiment, ExperimentResult, RunContext, Table
 from jaxrec.eval import suite
 from jaxrec.models import nonlearned
 
-_DATASET = flags.DEFINE_string("dataset", "synthetic:small", "Dataset spec.")
-_SPLIT = flags.DEFINE_enum("split", "leave_last_out", sorted(["leave_last_out", "chronological",
-                                                               "user_holdout", "context_holdout"]),
-                           "Split protocol.")
-_PROTOCOL = flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Evaluation protocol(s).")
-_NEG = flags.DEFINE_integer("num_negatives", 99, "Sampled negatives per positive.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/baselines", "Output directory.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed (data generation, negative sampling).")
-_CACHE = flags.DEFINE_string("cache_dir", None, "Cache for public files.")
-
 
 def run(dataset: str, split: str, protocol: str = "both", num_negatives: int = 99, seed: int = 0,
         cache_dir=None) -> dict:
@@ -76,10 +66,12 @@ EXPERIMENT = Experiment(name="baselines", title="Datasets and non-learned baseli
 
 def main(argv):
   del argv
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  results = run(_DATASET.value, _SPLIT.value, _PROTOCOL.value, _NEG.value, _SEED.value, _CACHE.value)
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  results = run(FLAGS.dataset, FLAGS.split, FLAGS.protocol, FLAGS.num_negatives, FLAGS.seed, FLAGS.cache_dir)
   results["command"] = common.this_command()
-  path = common.write_results(_WORKDIR.value, results)
+  results["flags"] = common.flag_values()
+  path = common.write_results(FLAGS.workdir, results)
   for model, r in results["models"].items():
     for pname, pr in r.items():
       s = pr["summary"]
@@ -88,5 +80,19 @@ def main(argv):
   print(f"wrote {path}")
 
 
+def define_flags():
+  """Defines this binary's flags (only when run as a program, so modules import cleanly)."""
+  flags.DEFINE_string("dataset", "synthetic:small", "Dataset spec.")
+  flags.DEFINE_enum("split", "leave_last_out", sorted(["leave_last_out", "chronological",
+                                                                 "user_holdout", "context_holdout"]),
+                             "Split protocol.")
+  flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Evaluation protocol(s).")
+  flags.DEFINE_integer("num_negatives", 99, "Sampled negatives per positive.")
+  flags.DEFINE_string("workdir", "runs/baselines", "Output directory.")
+  flags.DEFINE_integer("seed", 0, "Seed (data generation, negative sampling).")
+  flags.DEFINE_string("cache_dir", None, "Cache for public files.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -20,13 +20,6 @@ from absl import app, flags, logging
 from experiments import registry, report
 from jaxrec import io
 
-_SUITE = flags.DEFINE_enum("suite", "quick", ["quick", "full"], "Which suite to run.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quick", "Output directory.")
-_SEED = flags.DEFINE_integer("seed", 0, "The one seed for data order, sampling and init.")
-_ONLY = flags.DEFINE_list("only", [], "Run only these experiment names.")
-_DATASETS = flags.DEFINE_list("datasets", ["synthetic:small", "ml-100k"], "Dataset specs.")
-_CACHE = flags.DEFINE_string("cache_dir", None, "Cache for public files (default ~/.cache/jaxrec).")
-
 
 def run(suite: str, workdir: str, seed: int = 0, only=(), datasets=("synthetic:small", "ml-100k"),
         cache_dir=None) -> dict:
@@ -73,9 +66,21 @@ def run(suite: str, workdir: str, seed: int = 0, only=(), datasets=("synthetic:s
 
 def main(argv):
   del argv
-  run(_SUITE.value, _WORKDIR.value, _SEED.value, _ONLY.value, _DATASETS.value, _CACHE.value)
-  print(f"wrote {os.path.join(_WORKDIR.value, 'report.md')} and results.json")
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  run(FLAGS.suite, FLAGS.workdir, FLAGS.seed, FLAGS.only, FLAGS.datasets, FLAGS.cache_dir)
+  print(f"wrote {os.path.join(FLAGS.workdir, 'report.md')} and results.json")
+
+
+def define_flags():
+  """Defines this binary's flags (only when run as a program, so modules import cleanly)."""
+  flags.DEFINE_enum("suite", "quick", ["quick", "full"], "Which suite to run.")
+  flags.DEFINE_string("workdir", "runs/quick", "Output directory.")
+  flags.DEFINE_integer("seed", 0, "The one seed for data order, sampling and init.")
+  flags.DEFINE_list("only", [], "Run only these experiment names.")
+  flags.DEFINE_list("datasets", ["synthetic:small", "ml-100k"], "Dataset specs.")
+  flags.DEFINE_string("cache_dir", None, "Cache for public files (default ~/.cache/jaxrec).")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

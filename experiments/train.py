@@ -23,26 +23,6 @@ from jaxrec.eval import suite
 from jaxrec.models import nonlearned, registry
 from jaxrec.train import fit as fit_lib
 
-_MODEL = flags.DEFINE_enum("model", "mf-bpr", registry.names(), "Model to train.")
-_DATASET = flags.DEFINE_string("dataset", "synthetic:small", "Dataset spec (see jaxrec.data.datasets).")
-_SPLIT = flags.DEFINE_enum("split", "leave_last_out", ["leave_last_out", "chronological", "user_holdout"],
-                           "Split protocol.")
-_PROTOCOL = flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Test protocol(s).")
-_NEG_EVAL = flags.DEFINE_integer("eval_negatives", 99, "Sampled negatives per test positive.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results).")
-_SEED = flags.DEFINE_integer("seed", 0, "The one seed: data order, sampling, init.")
-_CACHE = flags.DEFINE_string("cache_dir", None, "Cache for public files.")
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
-_LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-_WD = flags.DEFINE_float("weight_decay", 0.0, "Weight decay.")
-_NEG = flags.DEFINE_integer("num_negatives", 100, "Sampled training negatives per positive.")
-_HIST = flags.DEFINE_integer("history_len", 50, "Input window of sequence models.")
-_LOSS = flags.DEFINE_string("loss", None, "Loss (default: the model's).")
-_PATIENCE = flags.DEFINE_integer("patience", 3, "Early stopping patience (evaluations).")
-_HPARAMS = flags.DEFINE_string("hparams", "{}", "JSON dict of model hyper-parameters.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-
 
 def run(model: str, dataset: str, split: str = "leave_last_out", *, config: fit_lib.FitConfig,
         seed: int = 0, hparams: Optional[dict] = None, workdir: Optional[str] = None, cache_dir=None,
@@ -151,24 +131,49 @@ EXPERIMENT = Experiment(name="base_models", title="Base recommenders (foundation
 
 def main(argv):
   del argv
-  config = fit_lib.FitConfig(epochs=_EPOCHS.value, batch_size=_BATCH.value, num_negatives=_NEG.value,
-                             history_len=_HIST.value, learning_rate=_LR.value, weight_decay=_WD.value,
-                             loss=_LOSS.value, patience=_PATIENCE.value, progress=_PROGRESS.value)
-  workdir = _WORKDIR.value or f"runs/train/{_MODEL.value}"
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  config = fit_lib.FitConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                             num_negatives=FLAGS.num_negatives, history_len=FLAGS.history_len,
+                             learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
+                             loss=FLAGS.loss, patience=FLAGS.patience, progress=FLAGS.progress)
+  workdir = FLAGS.workdir or f"runs/train/{FLAGS.model}"
   os.makedirs(workdir, exist_ok=True)
-  results = run(_MODEL.value, _DATASET.value, _SPLIT.value, config=config, seed=_SEED.value,
-                hparams=json.loads(_HPARAMS.value), workdir=workdir, cache_dir=_CACHE.value,
-                protocol=_PROTOCOL.value, eval_negatives=_NEG_EVAL.value)
+  results = run(FLAGS.model, FLAGS.dataset, FLAGS.split, config=config, seed=FLAGS.seed,
+                hparams=json.loads(FLAGS.hparams), workdir=workdir, cache_dir=FLAGS.cache_dir,
+                protocol=FLAGS.protocol, eval_negatives=FLAGS.eval_negatives)
   results["command"] = common.this_command()
-  results["flags"] = {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(__name__)
-                      } if hasattr(flags.FLAGS, "get_key_flags_for_module") else {}
+  results["flags"] = common.flag_values()
   path = common.write_results(workdir, results)
   for pname, pr in results["test"].items():
     s = pr["summary"]
-    print(f"{_MODEL.value} {pname:10s} HR@10={s['HR@10']:.4f} NDCG@10={s['NDCG@10']:.4f} MRR={s['MRR']:.4f}"
+    print(f"{FLAGS.model} {pname:10s} HR@10={s['HR@10']:.4f} NDCG@10={s['NDCG@10']:.4f} MRR={s['MRR']:.4f}"
           f"  ({pr['protocol']})")
   print(f"trained in {results['train_seconds']:.1f} s; wrote {path}")
 
 
+def define_flags():
+  """Defines this binary's flags (only when run as a program, so modules import cleanly)."""
+  flags.DEFINE_enum("model", "mf-bpr", registry.names(), "Model to train.")
+  flags.DEFINE_string("dataset", "synthetic:small", "Dataset spec (see jaxrec.data.datasets).")
+  flags.DEFINE_enum("split", "leave_last_out", ["leave_last_out", "chronological", "user_holdout"],
+                             "Split protocol.")
+  flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Test protocol(s).")
+  flags.DEFINE_integer("eval_negatives", 99, "Sampled negatives per test positive.")
+  flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results).")
+  flags.DEFINE_integer("seed", 0, "The one seed: data order, sampling, init.")
+  flags.DEFINE_string("cache_dir", None, "Cache for public files.")
+  flags.DEFINE_integer("epochs", 10, "Training epochs.")
+  flags.DEFINE_integer("batch_size", 256, "Batch size.")
+  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+  flags.DEFINE_float("weight_decay", 0.0, "Weight decay.")
+  flags.DEFINE_integer("num_negatives", 100, "Sampled training negatives per positive.")
+  flags.DEFINE_integer("history_len", 50, "Input window of sequence models.")
+  flags.DEFINE_string("loss", None, "Loss (default: the model's).")
+  flags.DEFINE_integer("patience", 3, "Early stopping patience (evaluations).")
+  flags.DEFINE_string("hparams", "{}", "JSON dict of model hyper-parameters.")
+  flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
