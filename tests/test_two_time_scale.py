@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from absl.testing import parameterized
 
@@ -164,30 +163,156 @@ def test_no_interaction_is_scored_with_a_state_that_has_seen_it(variant):
   assert not np.allclose(q1[0, 2], q0[0, 2])
 
 
-def test_stage2_keeps_frozen_params_bit_identical_and_learns_the_rest():
+def _bits(tree):
+  """Raw bytes of every leaf: equality is bit-identity (unlike ``==``, which equates 0.0 and -0.0)."""
+  return [np.asarray(x).tobytes() for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_stage2_step_keeps_frozen_params_bit_identical_and_learns_the_rest():
   cfg, data, params, feats = _setup("2ts-plus")
-  frozen = jax.device_get({k: params[k] for k in tts.STAGE1_KEYS})
+  frozen = _bits({k: params[k] for k in tts.STAGE1_KEYS})
   before = jax.device_get(params)
-  step, opt = tts.make_step(cfg, params, "stage2", optax.adam(1e-2))
+  step, state = tts.make_train_step(cfg, params, "stage2", learning_rate=1e-2)
   batch = _stage2_batch(data, feats)
-  p = params
   for s in range(3):
-    p, opt, metrics = step(p, opt, batch, jax.random.key(s))
-  chex.assert_trees_all_equal({k: p[k] for k in tts.STAGE1_KEYS}, frozen)
+    state, metrics = step(state, batch, jax.random.key(s))
+  p = state.params
+  assert _bits({k: p[k] for k in tts.STAGE1_KEYS}) == frozen
   for k in ("cell_in", "cell_act", "psi", "w", "x_start"):
     assert not np.allclose(jax.tree.leaves(p[k])[0], jax.tree.leaves(before[k])[0]), k
-  assert np.isfinite(float(metrics["loss"]))
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  assert int(state.step) == 3
+
+
+def test_stage_optimizer_keeps_no_adam_moments_for_frozen_keys():
+  cfg, _, params, _ = _setup("2ts")
+  tx = tts.stage_optimizer(cfg, params, "stage2")
+  n_moments = sum(x.size for x in jax.tree.leaves(tx.init(params)) if x.ndim > 0)
+  trained = sum(x.size for k in tts.trainable_keys(cfg, params, "stage2") for x in jax.tree.leaves(params[k]))
+  assert n_moments == 2 * trained  # mu and nu of the trained keys only
+
+
+def test_frozen_keys_get_exact_zero_gradients():
+  cfg, data, params, feats = _setup("2ts")
+  loss_fn = tts.make_loss_fn(cfg, params, "stage2")
+  grad_fn = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, jax.random.key(0))[0]))
+  grads = grad_fn(params, _stage2_batch(data, feats))
+  for k in tts.STAGE1_KEYS:
+    assert all(not np.any(g) for g in jax.tree.leaves(grads[k])), k
+  assert any(np.any(g) for g in jax.tree.leaves(grads["cell_in"]))
 
 
 def test_stage1_step_only_moves_stage1_params():
   cfg, data, params, feats = _setup("2ts")
   before = jax.device_get(params)
-  step, opt = tts.make_step(cfg, params, "stage1", optax.adam(1e-2))
+  step, state = tts.make_train_step(cfg, params, "stage1", learning_rate=1e-2)
   batch = {"user": data.pair_user, "item": data.pair_item, "item_features": feats}
-  p, _, _ = step(params, opt, batch, jax.random.key(0))
-  chex.assert_trees_all_equal({k: p[k] for k in ("cell_in", "cell_act", "psi")},
-                              {k: before[k] for k in ("cell_in", "cell_act", "psi")})
+  p = step(state, batch, jax.random.key(0))[0].params
+  assert _bits({k: p[k] for k in ("cell_in", "cell_act", "psi")}) == _bits(
+      {k: before[k] for k in ("cell_in", "cell_act", "psi")})
   assert not np.allclose(p["feat_net"]["Dense_0"]["kernel"], before["feat_net"]["Dense_0"]["kernel"])
+
+
+def _resume_cfg():
+  return _cfg("2ts-plus", feats=False, epochs_stage1=2, epochs_stage2=3, batch_stage1=8, batch_inactive=2,
+              batch_active=1, lr_stage1=0.05, lr_stage2=0.02)
+
+
+def test_stage2_through_the_shared_loop_keeps_stage1_params_bit_identical():
+  cfg, log = _resume_cfg(), _log(SEQS)
+  seen = {}
+
+  def callback(stage, epoch, params):
+    seen[(stage, epoch)] = jax.device_get(params)
+
+  res = tts.train(cfg, log, callback)
+  after_stage1 = seen[("stage1", cfg.epochs_stage1)]
+  assert _bits({k: res.params[k] for k in tts.STAGE1_KEYS if k in res.params}) == _bits(
+      {k: after_stage1[k] for k in tts.STAGE1_KEYS if k in after_stage1})
+  for k in ("cell_in", "cell_act", "psi", "w", "x_start"):
+    assert _bits(res.params[k]) != _bits(after_stage1[k]), k
+  assert [(h["stage"], h["epoch"]) for h in res.history] == [("stage1", 1), ("stage1", 2), ("stage2", 1),
+                                                             ("stage2", 2), ("stage2", 3)]
+  walls = [h["wall_time"] for h in res.history]
+  assert all(b > a for a, b in zip(walls, walls[1:]))
+  np.testing.assert_allclose(walls[-1], sum(h["epoch_time"] for h in res.history))
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_killed_stage_resumes_from_its_checkpoint_to_the_same_params(tmp_path):
+  cfg, log = _resume_cfg(), _log(SEQS)
+  reference = tts.train(cfg, log)
+
+  def kill(stage, epoch, params):
+    del params
+    if (stage, epoch) == ("stage2", 2):  # after the stage-2 epoch-1 checkpoint, before epoch 2's
+      raise _Killed()
+
+  with pytest.raises(_Killed):
+    tts.train(cfg, log, kill, workdir=str(tmp_path))
+  assert (tmp_path / "stage1" / "metrics.jsonl").exists() and (tmp_path / "stage2" / "checkpoints").exists()
+  resumed = tts.train(cfg, log, workdir=str(tmp_path))
+  assert _bits(resumed.params) == _bits(reference.params)
+  key = lambda h: (h["stage"], h["epoch"], h["step"], h["loss"])
+  assert [key(h) for h in resumed.history] == [key(h) for h in reference.history]
+
+
+def test_eval_fn_keeps_the_best_epoch_and_stops_early():
+  cfg, log = _resume_cfg(), _log(SEQS)
+  scores = {("stage1", 1): 1.0, ("stage1", 2): 0.5, ("stage2", 1): 0.1, ("stage2", 2): 0.9}
+  calls, seen = [], {}
+
+  def eval_fn(stage, params):
+    calls.append(stage)
+    seen[(stage, calls.count(stage))] = jax.device_get(params)
+    return {"mrr": scores.get((stage, calls.count(stage)), 0.0)}
+
+  res = tts.train(cfg, log, eval_fn=eval_fn, metric="mrr", patience=1)
+  # stage 2 starts from stage 1's epoch-1 params; it stops after one bad epoch (3rd) and keeps epoch 2
+  assert calls == ["stage1", "stage1", "stage2", "stage2", "stage2"]
+  assert _bits(res.params) == _bits(seen[("stage2", 2)])
+  assert _bits(res.params["user"]) == _bits(seen[("stage1", 1)]["user"])
+  assert [h["mrr"] for h in res.history] == [1.0, 0.5, 0.1, 0.9, 0.0]
+
+
+def test_stage_batches_depend_only_on_seed_stage_and_epoch():
+  cfg, data, _, _ = _setup("2ts")
+  first = list(tts.stage_batches(cfg, data, "stage2", 1))
+  again = list(tts.stage_batches(cfg, data, "stage2", 1))
+  other = list(tts.stage_batches(cfg, data, "stage2", 2))
+  assert len(first) == tts.steps_per_epoch(cfg, data, "stage2")
+  chex.assert_trees_all_equal(first, again)
+  assert any(not np.array_equal(a["inactive"]["items"], b["inactive"]["items"]) for a, b in zip(first, other))
+  pairs = list(tts.stage_batches(cfg, data, "stage1", 0))
+  assert all(b["user"].shape == (cfg.batch_stage1,) for b in pairs)
+  seen = np.concatenate([b["user"] * NUM_ITEMS + b["item"] for b in pairs])
+  np.testing.assert_array_equal(np.unique(seen), np.unique(data.pair_user * NUM_ITEMS + data.pair_item))
+
+
+def test_score_fn_is_a_partial_over_the_table_and_does_not_recompile():
+  from jaxrec.eval import protocols  # pylint: disable=import-outside-toplevel
+  from jaxrec.eval.queries import Queries  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  test = _log({0: [1], 1: [2], 2: [3], 3: [9]}, t0=100)
+  vecs = rng.normal(size=(4, 5)).astype(np.float32)
+  table = jnp.asarray(rng.normal(size=(NUM_ITEMS, 5)).astype(np.float32))
+  fn = tts.make_score_fn(table)
+  assert isinstance(fn, functools.partial) and fn.args[0] is table
+  np.testing.assert_allclose(fn({"user_vec": vecs}, jnp.arange(NUM_ITEMS)), vecs @ np.asarray(table).T,
+                             rtol=1e-5)
+  queries = Queries.from_log(test, features={"user_vec": vecs[np.argsort(np.argsort(test.user))]})
+  protocol = protocols.FullRanking(8)
+  res = protocols.evaluate(fn, queries, protocol, NUM_ITEMS, batch_size=4)
+  scores = queries.features["user_vec"] @ np.asarray(table).T
+  ref = 1 + (scores >= scores[np.arange(4), queries.positive][:, None]).sum(1) - 1
+  np.testing.assert_array_equal(res.ranks, ref)
+  before = protocols._full_ranks._cache_size()
+  protocols.evaluate(tts.make_score_fn(table * 2.0), queries, protocol, NUM_ITEMS, batch_size=4)
+  assert protocols._full_ranks._cache_size() == before
 
 
 def test_offer_sets_never_contain_the_positive_and_cover_the_rest():

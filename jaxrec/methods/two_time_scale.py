@@ -59,14 +59,22 @@ Batch formats (numpy or jax arrays; item features, when used, ride along as ``"i
              "active":   {"items": int32 [B_act, K], "mask": bool [B_act, K], "prev": int32 [B_act],
                           "user": int32 [B_act]}}      (prev = previous item or -1)
   single-stage: stage-2 batch plus {"pairs": stage-1 batch}
+
+Training composes the shared core (``jaxrec.train``): per stage, :func:`make_loss_fn` (frozen keys through
+``stop_gradient``) and :func:`stage_optimizer` (``optax.multi_transform``: Adam on the trained keys,
+``optax.set_to_zero`` on the frozen ones, which stay bit-identical) make one ``jit_train_step``;
+:func:`stage_batches` gives the epoch's batches from ``(seed, stage, epoch)``; :func:`train` runs one
+``jaxrec.train.loop.train`` per stage (Orbax checkpoints in ``workdir/stage1``, ``workdir/stage2`` or
+``workdir/single``, resume, keep-best and early stopping on an ``eval_fn``, NaN checks, metrics.jsonl).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -75,6 +83,10 @@ import numpy as np
 import optax
 
 from jaxrec.data.log import InteractionLog, concat_logs
+from jaxrec.models.common import dot_scores
+from jaxrec.train import loop as loop_lib
+from jaxrec.train import state as state_lib
+from jaxrec.train import step as step_lib
 
 Params = dict
 Batch = Mapping[str, Any]
@@ -413,41 +425,85 @@ def single_stage_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng
   return loss2 + cfg.single_stage_ccf_weight * loss1, aux
 
 
-# -- train steps -------------------------------------------------------------------------------------
+# -- train steps: the shared core with per-stage freezing -------------------------------------------------
 
 
-def _make_step(loss_fn: Callable, keys: Sequence[str], tx: optax.GradientTransformation, jit: bool):
-  keys = tuple(keys)
-
-  def step(params, opt_state, batch, rng):
-    trainable = {k: params[k] for k in keys}
-
-    def objective(tr):
-      return loss_fn({**params, **tr}, batch, rng)
-
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
-    updates, opt_state = tx.update(grads, opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    return {**params, **trainable}, opt_state, dict(aux, loss=loss)
-
-  return jax.jit(step, donate_argnums=(0, 1)) if jit else step
+STAGES = ("stage1", "stage2", "single")
+_LOSSES = {"stage1": ccf_loss, "stage2": stage2_loss, "single": single_stage_loss}
 
 
-def make_step(cfg: TwoTimeScaleConfig, params: Params, stage: str, tx: optax.GradientTransformation,
-              jit: bool = True):
-  """A pure train step ``(params, opt_state, batch, rng) -> (params, opt_state, metrics)``.
+def _trained(cfg: TwoTimeScaleConfig, params: Params, stage: str) -> frozenset:
+  return frozenset(trainable_keys(cfg, params, stage))
 
-  Only ``trainable_keys(cfg, params, stage)`` are differentiated and updated; the rest of ``params``
-  (the frozen stage-1 representation in stage 2) is passed through untouched. ``params`` and
-  ``opt_state`` are donated when jitted.
 
-  Returns:
-    ``(step, opt_state)`` with ``opt_state = tx.init`` of the trainable sub-tree.
+def _loss_fn(cfg: TwoTimeScaleConfig, stage: str, trained: frozenset) -> step_lib.LossFn:
+  loss = functools.partial(_LOSSES[stage], cfg)
+
+  def loss_fn(p: Params, batch: Batch, rng: jax.Array):
+    p = {k: v if k in trained else jax.tree.map(jax.lax.stop_gradient, v) for k, v in p.items()}
+    return loss(p, batch, rng)
+
+  return loss_fn
+
+
+def make_loss_fn(cfg: TwoTimeScaleConfig, params: Params, stage: str) -> step_lib.LossFn:
+  """The ``loss_fn(params, batch, rng) -> (loss, aux)`` of ``stage`` for :func:`jaxrec.train.make_train_step`.
+
+  Parameters outside ``trainable_keys(cfg, params, stage)`` enter through ``jax.lax.stop_gradient``: their
+  gradient is an exact zero, so no scatter into the frozen ``[U, d]`` / ``[I, d]`` tables is computed and the
+  step's ``grad_norm`` is that of the trained parameters only.
   """
-  keys = trainable_keys(cfg, params, stage)
-  loss = {"stage1": ccf_loss, "stage2": stage2_loss, "single": single_stage_loss}[stage]
-  step = _make_step(functools.partial(loss, cfg), keys, tx, jit)
-  return step, tx.init({k: params[k] for k in keys})
+  return _loss_fn(cfg, stage, _trained(cfg, params, stage))
+
+
+def _optimizer(cfg: TwoTimeScaleConfig, stage: str, trained: frozenset,
+               learning_rate: Optional[float]) -> optax.GradientTransformation:
+  lr = learning_rate if learning_rate is not None else {
+      "stage1": cfg.lr_stage1, "stage2": cfg.lr_stage2, "single": cfg.lr_single}[stage]
+
+  def labels(p):
+    return {k: jax.tree.map(lambda _, k=k: "trained" if k in trained else "frozen", v) for k, v in p.items()}
+
+  return optax.multi_transform(
+      {"trained": state_lib.make_optimizer("adam", lr), "frozen": optax.set_to_zero()}, labels)
+
+
+def stage_optimizer(cfg: TwoTimeScaleConfig, params: Params, stage: str,
+                    learning_rate: Optional[float] = None) -> optax.GradientTransformation:
+  """Adam on the keys trained in ``stage``, ``optax.set_to_zero`` on the frozen ones.
+
+  ``optax.multi_transform`` keeps Adam moments only for the trained sub-tree, and the frozen leaves get an
+  update of exactly ``0``, so ``optax.apply_updates`` leaves them bit-identical (``x + 0.0 == x``).
+
+  Args:
+    cfg: configuration (``lr_stage1`` / ``lr_stage2`` / ``lr_single``).
+    params: the parameter pytree (only its keys are read).
+    stage: ``"stage1"``, ``"stage2"`` or ``"single"``.
+    learning_rate: overrides the configured learning rate of the stage.
+  """
+  return _optimizer(cfg, stage, _trained(cfg, params, stage), learning_rate)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_and_tx(cfg, stage, trained, learning_rate, jit):
+  # One step function per (cfg, stage, trained keys, lr): repeated `train` calls (resumption, evaluation
+  # sweeps) reuse its compiled executables instead of tracing and compiling the step again.
+  tx = _optimizer(cfg, stage, trained, learning_rate)
+  factory = step_lib.jit_train_step if jit else step_lib.make_train_step
+  return factory(_loss_fn(cfg, stage, trained), tx), tx
+
+
+def make_train_step(cfg: TwoTimeScaleConfig, params: Params, stage: str,
+                    learning_rate: Optional[float] = None,
+                    jit: bool = True) -> tuple[step_lib.StepFn, state_lib.TrainState]:
+  """The stage's ``step(state, batch, rng) -> (state, metrics)`` and its initial ``TrainState``.
+
+  Composes :func:`make_loss_fn` and :func:`stage_optimizer` with ``jaxrec.train.step``
+  (``jit_train_step``: jitted, state donated; ``make_train_step`` when ``jit=False``). The step function
+  is shared by calls with equal ``(cfg, stage, keys of params, learning_rate)``.
+  """
+  step, tx = _step_and_tx(cfg, stage, _trained(cfg, params, stage), learning_rate, jit)
+  return step, state_lib.create(params, tx)
 
 
 # -- host-side data preparation ------------------------------------------------------------------------
@@ -723,22 +779,21 @@ def eval_query_vectors(cfg: TwoTimeScaleConfig, params: Params, data: TwoTimeSca
 _eval_rollout_jit = jax.jit(eval_rollout, static_argnums=(0,))
 
 
+def _score(table: jax.Array, queries: Mapping[str, jax.Array], items: jax.Array) -> jax.Array:
+  return dot_scores(jnp.asarray(queries["user_vec"]), table, jnp.asarray(items))
+
+
 def make_score_fn(table: jax.Array) -> Callable:
-  """ScoreFn over queries ``{"user_vec": [B, d]}``: ``dot_scores(user_vec, table, items)``."""
-  try:
-    from jaxrec.models.common import dot_scores  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover - the shared helper is optional for this module
-    def dot_scores(u, t, items):
-      cand = jnp.take(t, items, axis=0)
-      return u @ cand.T if items.ndim == 1 else jnp.einsum("bd,bcd->bc", u, cand)
+  """ScoreFn over queries ``{"user_vec": [B, d]}``: ``dot_scores(user_vec, table, items)``.
 
-  def score_fn(queries, items):
-    return dot_scores(jnp.asarray(queries["user_vec"]), table, jnp.asarray(items))
-
-  return score_fn
+  Returned as ``functools.partial(_score, table)``: ``jaxrec.eval.protocols`` passes a partial's array
+  arguments to its jitted kernels as arguments, so the ``[I, d]`` table is neither baked into the compiled
+  evaluation as a constant nor a reason to recompile when it changes.
+  """
+  return functools.partial(_score, table)
 
 
-# -- the thin training loop ------------------------------------------------------------------------------
+# -- batches and the training driver (jaxrec.train.loop) ----------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -746,11 +801,12 @@ class TrainResult:
   """Output of :func:`train`.
 
   Attributes:
-    params: the final parameter pytree.
+    params: the final parameter pytree (per stage the best by ``metric`` when an ``eval_fn`` is given).
     data: the prepared training arrays (reuse them for :func:`eval_query_vectors`).
-    history: one dict per epoch: ``stage``, ``epoch``, ``loss`` (mean over the epoch's steps), the
-      other step metrics' means, ``epoch_time`` and cumulative ``wall_time`` (seconds, excluding the
-      callback), plus whatever the callback returned.
+    history: one dict per epoch: ``stage``, ``epoch``, ``step``, ``loss`` (mean over the epoch's steps),
+      the other step metrics' means (``grad_norm``, ``ccf_loss``, ``loss_in``, ...), ``epoch_time`` and
+      cumulative ``wall_time`` (seconds of training over all stages so far, excluding evaluation and the
+      callback), plus what ``eval_fn`` and the callback returned.
   """
 
   params: Params
@@ -766,33 +822,118 @@ def _epoch_order(rng: np.random.Generator, n: int, batch: int, steps: int) -> np
   return order.reshape(steps, batch)
 
 
-def _run_epochs(stage, epochs, step, params, opt_state, batches_fn, key, history, callback, clock):
-  for epoch in range(epochs):
-    t0 = time.perf_counter()
-    metrics = []
-    for s, batch in enumerate(batches_fn()):
-      params, opt_state, m = step(params, opt_state, batch, jax.random.fold_in(key, epoch * 1_000_003 + s))
-      metrics.append(m)
-    means = {k: float(np.mean([float(x[k]) for x in metrics])) for k in metrics[0]} if metrics else {}
-    dt = time.perf_counter() - t0
-    clock[0] += dt
-    rec = dict(means, stage=stage, epoch=epoch + 1, epoch_time=dt, wall_time=clock[0])
-    if callback is not None:
-      rec.update(callback(stage, epoch + 1, params) or {})
+def steps_per_epoch(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str) -> int:
+  """Steps of one epoch: pairs / ``batch_stage1`` (stage 1, single), the larger group's batches (stage 2)."""
+  if stage == "stage2":
+    return max(-(-data.in_user.shape[0] // cfg.batch_inactive),
+               -(-data.act_user.shape[0] // cfg.batch_active))
+  return max(1, -(-data.pair_user.shape[0] // cfg.batch_stage1))
+
+
+def stage_batches(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str, epoch: int,
+                  item_features: Optional[jax.Array] = None) -> Iterator[dict]:
+  """The static-shape batches of one epoch of ``stage`` (module docstring), in an order fixed by
+  ``(cfg.seed, stage, epoch)`` alone, as ``jaxrec.train.loop`` needs for exact resumption.
+
+  Every epoch is a fresh permutation of the pairs (stage 1) or of each group (stage 2, the smaller group
+  cycled); the last batch is filled from the next permutation instead of being masked.
+  """
+  rng = np.random.default_rng([cfg.seed, STAGES.index(stage), epoch])
+  extra = {} if item_features is None else {"item_features": item_features}
+  steps = steps_per_epoch(cfg, data, stage)
+  n_pairs = data.pair_user.shape[0]
+  if stage == "stage1":
+    for idx in _epoch_order(rng, n_pairs, cfg.batch_stage1, steps):
+      yield {"user": data.pair_user[idx], "item": data.pair_item[idx], **extra}
+    return
+  o_in = _epoch_order(rng, data.in_user.shape[0], cfg.batch_inactive, steps)
+  o_act = _epoch_order(rng, data.act_user.shape[0], cfg.batch_active, steps)
+  o_pair = _epoch_order(rng, n_pairs, cfg.batch_stage1, steps) if stage == "single" else None
+  for s in range(steps):
+    batch = {"inactive": data.group("inactive", o_in[s]), "active": data.group("active", o_act[s]), **extra}
+    if o_pair is not None:
+      batch["pairs"] = {"user": data.pair_user[o_pair[s]], "item": data.pair_item[o_pair[s]]}
+    yield batch
+
+
+def _is_scalar(v: Any) -> bool:
+  return np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)
+
+
+def _train_stage(cfg, data, feats, params, stage, rng, callback, eval_fn, metric, patience, workdir,
+                 progress):
+  """One ``jaxrec.train.loop.train`` call for ``stage``; returns ``(params, history entries)``."""
+  step, state = make_train_step(cfg, params, stage)
+  spe = steps_per_epoch(cfg, data, stage)
+  epochs = {"stage1": cfg.epochs_stage1, "stage2": cfg.epochs_stage2, "single": cfg.epochs_single}[stage]
+  current = {"epoch": 0}
+  aside: dict = {}  # non-scalar callback values (kept in history, not in metrics.jsonl)
+  clock = [time.perf_counter()]
+
+  def batches_fn(epoch):
+    current["epoch"] = epoch
+    return stage_batches(cfg, data, stage, epoch, feats)
+
+  def epoch_end(p):
+    # Called by the loop at every epoch end (after it fetched the step metrics): times the epoch, then
+    # runs the validation and the callback, whose time is not counted.
+    jax.block_until_ready(p)
+    elapsed = time.perf_counter() - clock[0]
+    epoch = current["epoch"] + 1
+    out = dict(eval_fn(stage, p)) if eval_fn is not None else {}
+    for k, v in ((callback(stage, epoch, p) or {}) if callback is not None else {}).items():
+      if _is_scalar(v):
+        out[k] = v
+      else:
+        aside.setdefault(epoch, {})[k] = v
+    out["epoch_time"] = elapsed
+    clock[0] = time.perf_counter()
+    return out
+
+  loop_cfg = loop_lib.LoopConfig(
+      num_epochs=epochs, log_every=spe, eval_at_epoch_end=True, metric=metric if eval_fn else None,
+      mode="max", patience=patience if eval_fn else None, steps_per_epoch=spe, progress=progress)
+  stage_dir = None if workdir is None else os.path.join(workdir, stage)
+  best, records = loop_lib.train(loop_cfg, state, step, batches_fn, epoch_end, stage_dir, rng=rng)
+  means = {r["step"]: r for r in records if r["kind"] == "train"}
+  history = []
+  for r in records:
+    if r["kind"] != "eval":
+      continue
+    rec = {k: v for k, v in means.get(r["step"], {}).items() if k not in ("kind", "epoch")}
+    rec.update({k: v for k, v in r.items() if k not in ("kind", "epoch", "best")})
+    rec.update(aside.get(r["epoch"], {}), stage=stage, epoch=r["epoch"])
     history.append(rec)
-  return params, opt_state
+  return best.params, history
 
 
 def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog,
-          callback: Optional[Callable[[str, int, Params], Optional[dict]]] = None) -> TrainResult:
-  """Trains stage 1 (CCF) then stage 2 (or the single stage) with Adam; a thin, jitted loop.
+          callback: Optional[Callable[[str, int, Params], Optional[dict]]] = None, *,
+          eval_fn: Optional[Callable[[str, Params], Mapping[str, float]]] = None, metric: str = "mrr",
+          patience: Optional[int] = None, workdir: Optional[str] = None,
+          progress: bool = False) -> TrainResult:
+  """Trains stage 1 (CCF) then stage 2 (or the single stage), each with ``jaxrec.train.loop.train``.
+
+  Each stage is one loop run: :func:`make_train_step` (shared jitted step, frozen keys through
+  ``stop_gradient`` + ``optax.set_to_zero``), :func:`stage_batches`, per-step keys
+  ``fold_in(stage key, step)``, one metrics record per epoch, NaN checks naming the step. With a
+  ``workdir`` each stage checkpoints into ``workdir/<stage>`` (``stage1``, ``stage2``, ``single``) at
+  every epoch end; calling ``train`` again with the same arguments resumes a killed run (finished stages
+  are restored, the interrupted one continues) and reaches the same parameters.
 
   Args:
     cfg: configuration (the variant decides the stages).
     train_log: training interactions (its ``item_features``, if any, enter as ``[x ; g(f)]``).
-    callback: ``callback(stage, epoch, params) -> dict | None`` after each epoch (e.g. validation MRR
-      for MRR-vs-time plots); its time is not counted. The params it receives are donated to the next
-      step: copy what you keep (``jax.device_get``).
+    callback: ``callback(stage, epoch, params) -> dict | None`` after each epoch (e.g. test MRR for
+      MRR-vs-time plots); its time is not counted. The params it receives are donated to the next step:
+      copy what you keep (``jax.device_get``). Scalar values also go to ``metrics.jsonl``.
+    eval_fn: ``eval_fn(stage, params) -> {name: scalar}`` validation after each epoch of each stage;
+      the stage keeps its best params by ``eval_fn(...)[metric]`` (larger is better) and stops early
+      after ``patience`` epochs without improvement. None: the last params of each stage.
+    metric: the key of ``eval_fn``'s output that selects the best params.
+    patience: early-stopping patience in epochs (None: never stop early).
+    workdir: checkpoint / ``metrics.jsonl`` directory (None: nothing written).
+    progress: tqdm progress bars.
 
   Returns:
     :class:`TrainResult`.
@@ -800,45 +941,19 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog,
   data = prepare_training_data(train_log, cfg.t_star, cfg.k)
   feats = None if train_log.item_features is None else jnp.asarray(train_log.item_features)
   feat_dim = 0 if feats is None else feats.shape[1]
-  key = jax.random.key(cfg.seed)
-  k_init, k1, k2 = jax.random.split(key, 3)
+  k_init, k1, k2 = jax.random.split(jax.random.key(cfg.seed), 3)
   params = init_params(cfg, k_init, data.num_users, data.num_items, feat_dim)
-  rng = np.random.default_rng(cfg.seed)
-  history: list = []
-  clock = [0.0]
-  extra = {} if feats is None else {"item_features": feats}
-  n_pairs = data.pair_user.shape[0]
-  n_in, n_act = data.in_user.shape[0], data.act_user.shape[0]
-
-  def pair_batches():
-    steps = max(1, -(-n_pairs // cfg.batch_stage1))
-    for idx in _epoch_order(rng, n_pairs, cfg.batch_stage1, steps):
-      yield {"user": data.pair_user[idx], "item": data.pair_item[idx], **extra}
-
-  def group_batches(steps=None, with_pairs=False):
-    if steps is None:
-      steps = max(-(-n_in // cfg.batch_inactive), -(-n_act // cfg.batch_active))
-    o_in = _epoch_order(rng, n_in, cfg.batch_inactive, steps)
-    o_act = _epoch_order(rng, n_act, cfg.batch_active, steps)
-    o_pair = _epoch_order(rng, n_pairs, cfg.batch_stage1, steps) if with_pairs else None
-    for s in range(steps):
-      batch = {"inactive": data.group("inactive", o_in[s]), "active": data.group("active", o_act[s]), **extra}
-      if with_pairs:
-        batch["pairs"] = {"user": data.pair_user[o_pair[s]], "item": data.pair_item[o_pair[s]]}
-      yield batch
-
   if cfg.variant == "single-stage":
-    step, opt = make_step(cfg, params, "single", optax.adam(cfg.lr_single))
-    steps = max(1, -(-n_pairs // cfg.batch_stage1))
-    params, _ = _run_epochs("single", cfg.epochs_single, step, params, opt,
-                            lambda: group_batches(steps, with_pairs=True), k1, history, callback, clock)
-    return TrainResult(params=params, data=data, history=history)
-
-  step, opt = make_step(cfg, params, "stage1", optax.adam(cfg.lr_stage1))
-  params, _ = _run_epochs("stage1", cfg.epochs_stage1, step, params, opt, pair_batches, k1, history,
-                          callback, clock)
-  if cfg.has_cells:
-    step, opt = make_step(cfg, params, "stage2", optax.adam(cfg.lr_stage2))
-    params, _ = _run_epochs("stage2", cfg.epochs_stage2, step, params, opt, group_batches, k2, history,
-                            callback, clock)
+    stages = (("single", k1),)
+  else:
+    stages = (("stage1", k1), ("stage2", k2)) if cfg.has_cells else (("stage1", k1),)
+  history: list = []
+  for stage, key in stages:
+    params, recs = _train_stage(cfg, data, feats, params, stage, key, callback, eval_fn, metric, patience,
+                                workdir, progress)
+    history += recs
+  wall = 0.0
+  for rec in history:
+    wall += rec["epoch_time"]
+    rec["wall_time"] = wall
   return TrainResult(params=params, data=data, history=history)
