@@ -71,10 +71,22 @@ def command_line(module: str, flags: dict) -> str:
   return " ".join(shlex.quote(p) for p in parts)
 
 
+def define_data_flags(default_split: str, workdir: Optional[str], splits_allowed: Sequence[str]) -> None:
+  """The flags every binary shares: --dataset, --split, --workdir, --seed, --cache_dir."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("dataset", "synthetic:small",
+                      "Dataset spec: synthetic:PRESET, ml-100k, or FORMAT:PATH (jaxrec.data.datasets).")
+  flags.DEFINE_enum("split", default_split, list(splits_allowed), "Split protocol.")
+  flags.DEFINE_string("workdir", workdir, "Output directory (results.json, checkpoints, figures).")
+  flags.DEFINE_integer("seed", 0, "The one seed: data generation and order, sampling, init.")
+  flags.DEFINE_string("cache_dir", None, "Cache for public files (default ~/.cache/jaxrec or $JAXREC_CACHE).")
+
+
 def flag_values() -> dict:
   """The values of the flags the running binary defined (absl's own flags left out)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  return {f.name: f.value for f in flags.FLAGS.get_flags_for_module(sys.argv[0])}
+  mine = (sys.argv[0], __name__, __file__)
+  return {f.name: f.value for m in mine for f in flags.FLAGS.get_flags_for_module(m)}
 
 
 def this_command() -> str:

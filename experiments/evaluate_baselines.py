@@ -82,15 +82,10 @@ def main(argv):
 
 def define_flags():
   """Defines this binary's flags (only when run as a program, so modules import cleanly)."""
-  flags.DEFINE_string("dataset", "synthetic:small", "Dataset spec.")
-  flags.DEFINE_enum("split", "leave_last_out", sorted(["leave_last_out", "chronological",
-                                                                 "user_holdout", "context_holdout"]),
-                             "Split protocol.")
+  common.define_data_flags("leave_last_out", "runs/baselines",
+                           ["leave_last_out", "chronological", "user_holdout", "context_holdout"])
   flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Evaluation protocol(s).")
   flags.DEFINE_integer("num_negatives", 99, "Sampled negatives per positive.")
-  flags.DEFINE_string("workdir", "runs/baselines", "Output directory.")
-  flags.DEFINE_integer("seed", 0, "Seed (data generation, negative sampling).")
-  flags.DEFINE_string("cache_dir", None, "Cache for public files.")
 
 
 if __name__ == "__main__":

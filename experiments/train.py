@@ -153,15 +153,10 @@ def main(argv):
 
 def define_flags():
   """Defines this binary's flags (only when run as a program, so modules import cleanly)."""
+  common.define_data_flags("leave_last_out", None, ["leave_last_out", "chronological", "user_holdout"])
   flags.DEFINE_enum("model", "mf-bpr", registry.names(), "Model to train.")
-  flags.DEFINE_string("dataset", "synthetic:small", "Dataset spec (see jaxrec.data.datasets).")
-  flags.DEFINE_enum("split", "leave_last_out", ["leave_last_out", "chronological", "user_holdout"],
-                             "Split protocol.")
   flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Test protocol(s).")
   flags.DEFINE_integer("eval_negatives", 99, "Sampled negatives per test positive.")
-  flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results).")
-  flags.DEFINE_integer("seed", 0, "The one seed: data order, sampling, init.")
-  flags.DEFINE_string("cache_dir", None, "Cache for public files.")
   flags.DEFINE_integer("epochs", 10, "Training epochs.")
   flags.DEFINE_integer("batch_size", 256, "Batch size.")
   flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
