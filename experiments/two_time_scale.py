@@ -537,11 +537,9 @@ EXPERIMENT = Experiment(name="two_time_scale", title="Two-time-scale representat
 
 
 def _define_flags():
-  """The binary's flags (defined only when run as a program, so importing never touches FLAGS).
+  """The binary's flags: one per ``Options`` field plus the dataset/output flags.
 
-  ``experiments.train`` (imported for the baselines) defines some of the same names at import time
-  (``dataset``, ``workdir``, ``seed``, ``eval_negatives``, ...): those are reused with this binary's
-  defaults instead of being defined twice.
+  Defined only when run as a program, so importing the module (the main job does) never touches FLAGS.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   d = Options()
@@ -556,10 +554,7 @@ def _define_flags():
     specs.append((kind, f.name, [str(x) for x in default] if kind == "list" else default,
                   f"Options.{f.name}."))
   for kind, name, default, help_ in specs:
-    if name in flags.FLAGS:
-      flags.FLAGS.set_default(name, default)
-    else:
-      getattr(flags, f"DEFINE_{kind}")(name, default, help_)
+    getattr(flags, f"DEFINE_{kind}")(name, default, help_)
   return flags.FLAGS
 
 

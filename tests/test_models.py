@@ -244,3 +244,96 @@ def test_registry():
   assert registry.sample_batch("sequence")["history"].shape == (2, 5)
   module = registry.get("sasrec").make(U, I)
   assert (module.dim, module.num_blocks) == (50, 2)
+  assert [n for n in registry.names() if registry.get(n).all_positions] == ["gru4rec", "sasrec"]
+
+
+# -- all-position training (GRU4Rec, SASRec) ---------------------------------------------------------
+
+
+def _sequence_batch(seed=0, batch_size=B):
+  """An all-position batch: left-padded chunks, one padded row, one extra masked target."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(1, L + 1, size=batch_size)
+  lengths[0] = L
+  hist_mask = np.arange(L)[None, :] >= (L - lengths)[:, None]
+  target_mask = hist_mask.copy()
+  target_mask[0, L - 2] = False  # the loss reads target_mask, not history_mask
+  targets = rng.integers(0, I, (batch_size, L))
+  return {
+      "user": jnp.asarray(rng.integers(0, U, batch_size), jnp.int32),
+      "history": jnp.asarray(np.where(hist_mask, rng.integers(0, I, (batch_size, L)), 0), jnp.int32),
+      "history_mask": jnp.asarray(hist_mask),
+      "targets": jnp.asarray(targets, jnp.int32),
+      "target_mask": jnp.asarray(target_mask),
+      "negatives": jnp.asarray((targets[..., None] + rng.integers(1, I, (batch_size, L, N))) % I, jnp.int32),
+      "mask": jnp.asarray(np.arange(batch_size) < batch_size - 1),
+  }
+
+
+def _window_model(name, module, params, t):
+  """The module + params whose one-window ``encode`` of ``history[:, :t + 1]`` is the state at ``t``.
+
+  GRU4Rec has no positions. SASRec's positions are right-aligned: in the length-``L`` sequence item ``t``
+  has position ``max_len - L + t``, which is the last position of a window when ``max_len`` is
+  ``max_len - (L - 1 - t)`` (the positional table cut to its first rows).
+  """
+  if name != "sasrec":
+    return module, params
+  max_len = module.max_len - (L - 1 - t)
+  p = jax.tree.map(lambda x: x, params)
+  p["params"]["pos_emb"] = {"embedding": params["params"]["pos_emb"]["embedding"][:max_len]}
+  return module.clone(max_len=max_len), p
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bpr", "full_softmax"])
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
+def test_all_positions_loss_is_mean_of_window_losses(name, loss):
+  spec, module, params = _built(name)
+  batch = _sequence_batch(13)
+  value, aux = jax.jit(spec.loss_fn(module, loss))(params, batch, None)
+  total, count = 0.0, 0.0
+  for t in range(L):  # the existing one-target-per-window path, window ending at t
+    win_module, win_params = _window_model(name, module, params, t)
+    rows = batch["mask"] & batch["target_mask"][:, t]
+    window = {"user": batch["user"], "history": batch["history"][:, :t + 1],
+              "history_mask": batch["history_mask"][:, :t + 1], "positive": batch["targets"][:, t],
+              "negatives": batch["negatives"][:, t], "mask": rows}
+    v, _ = spec.loss_fn(win_module, loss)(win_params, window, None)
+    total += float(v) * float(rows.sum())
+    count += float(rows.sum())
+  assert count == float(jnp.sum(batch["target_mask"] & batch["mask"][:, None])) > L  # several rows
+  np.testing.assert_allclose(value, total / count, rtol=1e-5)
+  assert float(aux["loss"]) == float(value)
+
+
+def test_all_positions_loss_ignores_masked_targets_and_rows():
+  spec, module, params = _built("sasrec")
+  loss_fn = jax.jit(spec.loss_fn(module))
+  batch = _sequence_batch(14)
+  ref, aux = loss_fn(params, batch, None)
+  assert set(aux) == {"loss", "pos_score", "neg_score", "pairwise_acc"}
+  off = ~(batch["target_mask"] & batch["mask"][:, None])
+  other = dict(batch, targets=jnp.where(off, (batch["targets"] + 1) % I, batch["targets"]),
+               negatives=jnp.where(off[..., None], (batch["negatives"] + 2) % I, batch["negatives"]))
+  np.testing.assert_allclose(loss_fn(params, other, None)[0], ref, rtol=1e-6)
+  on = dict(batch, targets=batch["targets"].at[0, -1].set((batch["targets"][0, -1] + 1) % I))
+  assert not np.allclose(loss_fn(params, on, None)[0], ref)
+
+
+@pytest.mark.parametrize("name", ["caser", "sumpool"])
+def test_all_positions_needs_encode_sequence(name):
+  spec, module, params = _built(name)
+  assert not spec.all_positions
+  with pytest.raises(ValueError, match="encode_sequence"):
+    spec.loss_fn(module)(params, _sequence_batch(15), None)
+
+
+def test_all_positions_overfits_and_inits():
+  spec, module, params = _built("gru4rec")
+  batch = _sequence_batch(16, batch_size=8)
+  trace = _fit(spec, module, params, spec.default_loss, batch)
+  assert trace[-1] < 0.3 * trace[0], (trace[0], trace[-1])
+  sample = registry.sample_batch("sequence", all_positions=True)
+  assert sample["negatives"].shape == (2, 5, 2) and "positive" not in sample
+  init = spec.init(jax.random.key(0), module, sample)
+  chex.assert_trees_all_equal_shapes(init, params)

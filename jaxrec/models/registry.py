@@ -11,7 +11,11 @@ The training binary and every method build models through this registry::
 Families and their training batches (see :mod:`jaxrec.models.mf`, :mod:`jaxrec.models.sequential`):
 
 * ``"user"``: ``{"user" [B], "positive" [B], "negatives" [B, N], "mask" [B]}``;
-* ``"sequence"``: the same plus ``"history" [B, L]`` and ``"history_mask" [B, L]``.
+* ``"sequence"``: the same plus ``"history" [B, L]`` and ``"history_mask" [B, L]``;
+* ``"sequence"`` with :attr:`ModelSpec.all_positions` (causal encoders: GRU4Rec, SASRec): trained on
+  every position of a sequence at once, ``{"user" [B], "history" [B, L], "history_mask" [B, L],
+  "targets" [B, L], "target_mask" [B, L], "negatives" [B, L, N], "mask" [B]}`` (see
+  :mod:`jaxrec.models.sequential`); their loss function also accepts the one-target-per-window batch.
 
 Registered: ``mf-bpr`` and ``mf-log`` (Rendle et al. 2009; MF with log loss as in MeLON/SML),
 ``ncf`` (He et al. 2017), ``gru4rec`` (Hidasi et al. 2016), ``caser`` (Tang & Wang 2018), ``sasrec``
@@ -46,6 +50,8 @@ class ModelSpec:
     defaults: default hyper-parameters (module fields).
     default_loss: the loss :meth:`loss_fn` uses unless told otherwise.
     make_loss: ``(module, loss_name) -> loss_fn``.
+    all_positions: trained on all positions of a sequence (the module has ``encode_sequence``);
+      :mod:`jaxrec.train.fit` then builds the all-position examples.
   """
 
   name: str
@@ -54,6 +60,7 @@ class ModelSpec:
   defaults: Mapping[str, Any]
   default_loss: str
   make_loss: Callable[[nn.Module, str], LossFn]
+  all_positions: bool = False
 
   def make(self, num_users: int, num_items: int, **hparams) -> nn.Module:
     """The module with ``defaults`` overridden by ``hparams`` (the loss is chosen in :meth:`loss_fn`)."""
@@ -64,8 +71,11 @@ class ModelSpec:
     return self.module_cls(num_users=num_users, num_items=num_items, **{**self.defaults, **hparams})
 
   def init(self, rng: Array, module: nn.Module, sample_batch: Mapping[str, Array]) -> dict:
-    """``{"params": ...}`` initialised on ``sample_batch`` (a training batch of this family)."""
+    """``{"params": ...}`` initialised on ``sample_batch`` (a training batch of this family, any format)."""
     params_rng, dropout_rng = jax.random.split(rng)
+    if "targets" in sample_batch:  # all-position format: initialise on the last position's candidates
+      sample_batch = dict(sample_batch, positive=sample_batch["targets"][:, -1],
+                          negatives=sample_batch["negatives"][:, -1])
     items = mf.candidates(sample_batch)
     return dict(module.init({"params": params_rng, "dropout": dropout_rng}, sample_batch, items,
                             method=module.score))
@@ -86,6 +96,8 @@ def register(spec: ModelSpec) -> ModelSpec:
   """Adds ``spec`` under ``spec.name``; a name can be registered once."""
   if spec.family not in ("user", "sequence"):
     raise ValueError(f"{spec.name}: family must be 'user' or 'sequence', got {spec.family!r}")
+  if spec.all_positions and not hasattr(spec.module_cls, "encode_sequence"):
+    raise ValueError(f"{spec.name}: all_positions needs a module with encode_sequence")
   if spec.name in _REGISTRY:
     raise ValueError(f"model {spec.name!r} is already registered")
   _REGISTRY[spec.name] = spec
@@ -104,15 +116,24 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def sample_batch(family: str, batch_size: int = 2, num_negatives: int = 2, history_len: int = 5
-                 ) -> dict[str, Array]:
-  """An all-zeros training batch of ``family`` with the given shapes (for :meth:`ModelSpec.init`)."""
+def sample_batch(family: str, batch_size: int = 2, num_negatives: int = 2, history_len: int = 5,
+                 all_positions: bool = False) -> dict[str, Array]:
+  """An all-zeros training batch of ``family`` with the given shapes (for :meth:`ModelSpec.init`).
+
+  ``all_positions``: the all-position sequence format (``targets``, ``target_mask``, ``negatives``
+  ``[B, L, N]``) instead of one target per window.
+  """
   b = {"user": jnp.zeros((batch_size,), jnp.int32), "positive": jnp.zeros((batch_size,), jnp.int32),
        "negatives": jnp.zeros((batch_size, num_negatives), jnp.int32),
        "mask": jnp.ones((batch_size,), bool)}
   if family == "sequence":
     b["history"] = jnp.zeros((batch_size, history_len), jnp.int32)
     b["history_mask"] = jnp.ones((batch_size, history_len), bool)
+    if all_positions:
+      del b["positive"]
+      b["targets"] = jnp.zeros((batch_size, history_len), jnp.int32)
+      b["target_mask"] = jnp.ones((batch_size, history_len), bool)
+      b["negatives"] = jnp.zeros((batch_size, history_len, num_negatives), jnp.int32)
   return b
 
 
@@ -123,12 +144,12 @@ register(ModelSpec("mf-log", "user", mf.MF, {"dim": 64, "use_bias": True, "init_
 register(ModelSpec("ncf", "user", ncf.NeuMF, {"mf_dim": 8, "mlp_layers": (64, 32, 16), "init_scale": 0.01},
                    "log", ncf.make_loss_fn))
 register(ModelSpec("gru4rec", "sequence", sequential.GRU4Rec, {"dim": 64, "hidden": 64, "dropout": 0.25},
-                   "softmax", sequential.make_loss_fn))
+                   "softmax", sequential.make_loss_fn, all_positions=True))
 register(ModelSpec("caser", "sequence", sequential.Caser,
                    {"dim": 50, "max_len": 5, "num_h": 16, "num_v": 4, "max_height": None, "dropout": 0.5,
                     "user_dim": 0}, "softmax", sequential.make_loss_fn))
 register(ModelSpec("sasrec", "sequence", sequential.SASRec,
                    {"dim": 50, "max_len": 50, "num_blocks": 2, "num_heads": 1, "dropout": 0.2},
-                   "softmax", sequential.make_loss_fn))
+                   "softmax", sequential.make_loss_fn, all_positions=True))
 register(ModelSpec("sumpool", "sequence", sequential.SumPooling, {"dim": 64, "mean": True}, "softmax",
                    sequential.make_loss_fn))

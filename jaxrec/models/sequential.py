@@ -13,7 +13,8 @@ Models:
 
 * :class:`GRU4Rec` (Hidasi et al. 2016, Eq. 1-4): a GRU over the item embeddings, run with
   ``nn.scan``; masked steps keep the previous hidden state; the last hidden state is projected to
-  ``dim``. Sessions are replaced by last-``L`` windows (no session-parallel mini-batches).
+  ``dim``. Trained on every position of a user's sequence cut into chunks of ``L`` targets (the
+  hidden state is not carried across chunks, unlike session-parallel mini-batches).
 * :class:`Caser` (Tang & Wang 2018, Sec. 3.2-3.3): horizontal convolutions of heights
   ``1 .. L_h`` with ReLU and max-pooling over time (Eq. 2-4), a vertical convolution (Eq. 5), their
   concatenation with dropout through a fully connected ReLU layer (Eq. 6); optionally the user
@@ -24,16 +25,30 @@ Models:
   ``max_len - 1`` whatever the window length), causal self-attention blocks with pre-attention layer norm,
   residual connections, dropout and a point-wise feed-forward network (Eq. 3-5, as in the authors'
   code), a final layer norm; the state is the output at the last position. Dropout is off when
-  ``deterministic=True``.
+  ``deterministic=True``. Trained on all positions as in the authors' code: in a length-``L`` training
+  sequence the output at position ``t`` (positional embedding ``max_len - L + t``) predicts item ``t + 1``.
 * :class:`SumPooling`: the mean (or sum) of the history's item embeddings.
 
-Training batch format (sequence models), one next-item target per window::
+Training batch formats (sequence models). One next-item target per window (every encoder)::
 
     {"user": int32 [B], "history": int32 [B, L], "history_mask": bool [B, L],
      "positive": int32 [B], "negatives": int32 [B, N], "mask": bool [B]}
 
+All positions at once (causal encoders with ``encode_sequence``: GRU4Rec, SASRec), as their authors
+train them: input ``s_1 .. s_L``, targets ``s_2 .. s_{L+1}``, a loss at every unmasked position::
+
+    {"user": int32 [B], "history": int32 [B, L], "history_mask": bool [B, L],
+     "targets": int32 [B, L], "target_mask": bool [B, L], "negatives": int32 [B, L, N], "mask": bool [B]}
+
+``targets[b, t]`` is the item following ``history[b, t]``. The state at position ``t`` is that of the
+window ending at ``t`` (causality), so one sequence gives up to ``L`` targets for one encoder pass instead
+of ``L`` passes over ``L`` windows.
+
 :func:`make_loss_fn` trains with sampled softmax over ``1 + N`` candidates by default, or ``"bpr"``,
-``"log"``, or ``"full_softmax"`` (cross-entropy over all items, ignoring ``negatives``).
+``"log"``, or ``"full_softmax"`` (cross-entropy over all items, ignoring ``negatives``). It reads the
+format from the batch's keys (``"targets"``: all positions), and averages the per-target losses over the
+real targets (``target_mask & mask``) in both formats, so the all-position loss equals the mean of the
+window losses of its targets.
 """
 
 from __future__ import annotations
@@ -81,6 +96,26 @@ class SequenceModel(nn.Module):
     state = self.encode(queries["history"], queries["history_mask"], queries.get("user"),
                         deterministic=deterministic)
     return dot_scores(state, self.item_emb.embedding, items)
+
+  def score_sequence(self, queries: Mapping[str, Array], items: Array, deterministic: bool = True) -> Array:
+    """Scores at every position: ``[B, L, C]`` from the states ``encode_sequence`` gives ``[B, L, dim]``.
+
+    Args:
+      queries: "history" ``[B, L]``, "history_mask" ``[B, L]`` (and "user" ``[B]``).
+      items: int ``[C]`` candidates shared by every position, or ``[B, L, C]`` per position.
+      deterministic: dropout off.
+    """
+    encode_sequence = getattr(self, "encode_sequence", None)
+    if encode_sequence is None:
+      raise ValueError(f"{type(self).__name__} has no encode_sequence: train it one target per window")
+    states = encode_sequence(queries["history"], queries["history_mask"], queries.get("user"),
+                             deterministic=deterministic)
+    table = self.item_emb.embedding
+    if items.ndim == 1:
+      return jnp.einsum("bld,cd->blc", states, jnp.take(table, items, axis=0))
+    if items.ndim != 3 or items.shape[:2] != states.shape[:2]:
+      raise ValueError(f"score_sequence: items must be [C] or {states.shape[:2] + ('C',)}, got {items.shape}")
+    return jnp.einsum("bld,blcd->blc", states, jnp.take(table, items, axis=0))
 
   def __call__(self, queries: Mapping[str, Array], items: Array, deterministic: bool = True) -> Array:
     return self.score(queries, items, deterministic=deterministic)
@@ -310,10 +345,13 @@ class SumPooling(SequenceModel):
 
 
 def make_loss_fn(module: SequenceModel, loss: str = "softmax") -> LossFn:
-  """``loss_fn(params, batch, rng) -> (loss, aux)`` for a sequence model.
+  """``loss_fn(params, batch, rng) -> (loss, aux)`` for a sequence model, for either batch format.
 
-  Dropout is on (``deterministic=False``) with ``rng`` as the dropout key; pass ``rng=None`` to train
-  without dropout.
+  The format is read from the batch's keys (static under ``jit``): with ``"targets"`` the
+  all-position loss (module docstring), which needs ``encode_sequence``; else one target per window.
+  The loss is the mean of the per-target losses over the real targets (``mask`` ``[B]``, and
+  ``target_mask`` ``[B, L]`` in the all-position format). Dropout is on (``deterministic=False``) with
+  ``rng`` as the dropout key; pass ``rng=None`` to train without dropout.
 
   Args:
     module: a :class:`SequenceModel`.
@@ -323,8 +361,7 @@ def make_loss_fn(module: SequenceModel, loss: str = "softmax") -> LossFn:
   if loss not in SEQUENCE_LOSSES:
     raise ValueError(f"unknown loss {loss!r}; expected one of {SEQUENCE_LOSSES}")
 
-  def loss_fn(params, batch, rng):
-    kwargs = {"deterministic": rng is None, "rngs": {} if rng is None else {"dropout": rng}}
+  def window_loss(params, batch, kwargs):
     mask = batch.get("mask")
     if loss == "full_softmax":
       logits = module.apply(params, batch, jnp.arange(module.num_items, dtype=jnp.int32),
@@ -335,5 +372,29 @@ def make_loss_fn(module: SequenceModel, loss: str = "softmax") -> LossFn:
     scores = module.apply(params, batch, cands, method=module.score, **kwargs)
     value = losses.candidate_loss(loss, scores, mask)
     return value, {"loss": value, **losses.ranking_aux(scores, mask)}
+
+  def all_positions_loss(params, batch, kwargs):
+    targets = batch["targets"].astype(jnp.int32)
+    b, length = targets.shape
+    mask = batch["target_mask"].astype(bool)
+    if "mask" in batch:
+      mask = mask & batch["mask"].astype(bool)[:, None]
+    mask = mask.reshape(b * length)
+    if loss == "full_softmax":
+      logits = module.apply(params, batch, jnp.arange(module.num_items, dtype=jnp.int32),
+                            method=module.score_sequence, **kwargs)
+      value = losses.full_softmax(logits.reshape(b * length, -1), targets.reshape(-1), mask)
+      return value, {"loss": value}
+    cands = jnp.concatenate([targets[..., None], batch["negatives"].astype(jnp.int32)], axis=-1)
+    scores = module.apply(params, batch, cands, method=module.score_sequence, **kwargs)
+    scores = scores.reshape(b * length, -1)  # one row per (sequence, position)
+    value = losses.candidate_loss(loss, scores, mask)
+    return value, {"loss": value, **losses.ranking_aux(scores, mask)}
+
+  def loss_fn(params, batch, rng):
+    kwargs = {"deterministic": rng is None, "rngs": {} if rng is None else {"dropout": rng}}
+    if "targets" in batch:
+      return all_positions_loss(params, batch, kwargs)
+    return window_loss(params, batch, kwargs)
 
   return loss_fn

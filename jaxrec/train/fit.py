@@ -6,9 +6,19 @@ This composes the shared pieces (``jaxrec.data.samplers`` for windows and negati
 
 * ``"user"`` models train on (user, positive) pairs of the training log;
 * ``"sequence"`` models on every training interaction that has at least one earlier interaction of its
-  user, with the last ``history_len`` earlier items as input (``samplers.last_windows``);
+  user, as a target exactly once:
+
+  - all-position models (``ModelSpec.all_positions``: GRU4Rec, SASRec, as their authors train them):
+    each user's training sequence is cut from the end backwards into chunks of ``history_len`` targets
+    (:func:`sequence_chunks`); a chunk is ``history_len + 1`` consecutive items, input ``s_1 .. s_L``
+    and targets ``s_2 .. s_{L+1}``, consecutive chunks sharing one item (the last target of the earlier
+    chunk is the first input of the next); the most recent chunk is full, the earliest left-padded.
+    One encoder pass scores up to ``L`` targets;
+  - other sequence models (Caser, SumPooling, or ``FitConfig.all_positions=False``): one example per
+    target, with the last ``history_len`` earlier items as input (``samplers.last_windows``);
 * negatives are drawn per epoch from ``np.random.default_rng([seed, epoch])``, excluding the user's
-  training positives, so data order and sampling depend only on (seed, epoch) and resumption is exact.
+  training positives (per position for all-position examples), so data order and sampling depend only
+  on (seed, epoch) and resumption is exact.
 """
 
 from __future__ import annotations
@@ -36,7 +46,8 @@ class FitConfig:
 
   Attributes:
     epochs: passes over the training examples.
-    batch_size: examples per step (static; the last batch is padded and masked).
+    batch_size: examples per step (static; the last batch is padded and masked): interactions, or
+      sequences of up to ``history_len`` targets for all-position models.
     num_negatives: sampled negatives per example.
     history_len: input window of sequence models.
     learning_rate, weight_decay, optimizer, clip_norm: the optax optimizer.
@@ -46,6 +57,8 @@ class FitConfig:
     valid_negatives: sampled negatives of the validation protocol (drawn once).
     patience: evaluations without improvement before stopping (None: never).
     progress: tqdm progress bar.
+    all_positions: train sequence models on all positions (None: the registry's
+      ``ModelSpec.all_positions``; False: one target per window, e.g. to compare).
   """
 
   epochs: int = 10
@@ -62,6 +75,7 @@ class FitConfig:
   valid_negatives: int = 99
   patience: Optional[int] = 3
   progress: bool = False
+  all_positions: Optional[bool] = None
 
 
 def query_features(spec: registry.ModelSpec, logs: list[InteractionLog], which: int,
@@ -88,21 +102,88 @@ def history_len_for(model: str, config: FitConfig, hparams: Optional[Mapping[str
   return config.history_len if max_len is None else min(config.history_len, int(max_len))
 
 
-def training_examples(spec: registry.ModelSpec, train: InteractionLog, history_len: int) -> dict:
-  """Host arrays of training examples for the model's family (see module docstring)."""
+def sequence_chunks(log: InteractionLog, history_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+  """All-position examples: each user's sequence cut into chunks of ``history_len`` targets.
+
+  A user's rows are ordered by timestamp, ties by input row order (as :func:`samplers.last_windows`).
+  Every row with at least one earlier row of its user is the target of exactly one chunk position,
+  and its input at that position is the user's previous item: ``targets[m, t]`` follows
+  ``history[m, t]``, and positions ``< t`` of the chunk hold earlier items only. Chunks are cut from
+  the end backwards: the most recent one is full, the earliest is left-padded (``target_mask`` ==
+  ``history_mask`` False on padding, ids ``pad_id``). Chunks follow users in index order, the most
+  recent first.
+
+  Args:
+    log: the training log.
+    history_len: positions per chunk ``L``.
+    pad_id: id at masked positions.
+
+  Returns:
+    ``{"user" int32 [M], "history" int32 [M, L], "history_mask" bool [M, L], "targets" int32 [M, L],
+    "target_mask" bool [M, L]}``.
+  """
+  if history_len < 1:
+    raise ValueError(f"sequence_chunks: history_len must be >= 1, got {history_len}")
+  order = np.lexsort((np.arange(len(log)), log.timestamp, log.user))
+  items = log.item[order].astype(np.int32)
+  counts = log.user_counts().astype(np.int64)
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  per_user = -(-np.maximum(counts - 1, 0) // history_len)  # chunks: ceil(targets / L)
+  user = np.repeat(np.arange(counts.size), per_user)
+  first = np.concatenate([[0], np.cumsum(per_user)[:-1]])
+  back = np.arange(user.size) - np.repeat(first, per_user)  # 0 = most recent chunk
+  last = counts[user] - 1 - back * history_len  # within-user index of the chunk's last target
+  idx = last[:, None] - (history_len - 1 - np.arange(history_len))[None, :]  # target indices [M, L]
+  mask = idx >= 1
+  rows = starts[user][:, None] + np.where(mask, idx, 1)
+  targets = np.where(mask, items[rows] if items.size else 0, pad_id).astype(np.int32)
+  history = np.where(mask, items[rows - 1] if items.size else 0, pad_id).astype(np.int32)
+  return {"user": user.astype(np.int32), "history": history, "history_mask": mask,
+          "targets": targets, "target_mask": mask.copy()}
+
+
+def uses_all_positions(spec: registry.ModelSpec, config: FitConfig) -> bool:
+  """Whether ``spec`` trains on all positions under ``config`` (see :attr:`FitConfig.all_positions`)."""
+  if config.all_positions is None:
+    return spec.all_positions
+  if config.all_positions and not spec.all_positions:
+    raise ValueError(f"{spec.name} cannot train on all positions (no encode_sequence)")
+  return config.all_positions
+
+
+def training_examples(spec: registry.ModelSpec, train: InteractionLog, history_len: int,
+                      all_positions: Optional[bool] = None) -> dict:
+  """Host arrays of training examples for the model's family (see module docstring).
+
+  ``all_positions`` (None: ``spec.all_positions``) selects :func:`sequence_chunks` for sequence models.
+  """
   if spec.family == "user":
     return {"user": train.user.astype(np.int32), "positive": train.item.astype(np.int32)}
+  if spec.all_positions if all_positions is None else all_positions:
+    return sequence_chunks(train, history_len)
   win = samplers.last_windows(train, history_len)
   keep = win.mask.any(axis=1)
   return {"user": win.user[keep], "positive": win.target[keep], "history": win.history[keep],
           "history_mask": win.mask[keep]}
 
 
+def epoch_negatives(rng: np.random.Generator, examples: Mapping[str, np.ndarray], known_csr,
+                    num_items: int, num_negatives: int) -> np.ndarray:
+  """Negatives excluding the user's known positives: ``[M, N]``, or ``[M, L, N]`` per real position."""
+  if "targets" not in examples:
+    return samplers.sample_negatives(rng, examples["user"], num_negatives, num_items, known_csr)
+  mask = examples["target_mask"]
+  users = np.broadcast_to(examples["user"][:, None], mask.shape)[mask]
+  out = np.zeros(mask.shape + (num_negatives,), np.int32)
+  out[mask] = samplers.sample_negatives(rng, users, num_negatives, num_items, known_csr)
+  return out
+
+
 def epoch_batches(examples: Mapping[str, np.ndarray], known_csr, num_items: int, config: FitConfig,
                   seed: int, epoch: int):
   """Shuffled static-shape batches of one epoch with freshly sampled negatives."""
   rng = np.random.default_rng([seed, epoch])
-  negatives = samplers.sample_negatives(rng, examples["user"], config.num_negatives, num_items, known_csr)
+  negatives = epoch_negatives(rng, examples, known_csr, num_items, config.num_negatives)
   arrays = dict(examples, negatives=negatives)
   return samplers.iterate_batches(arrays, config.batch_size, rng=rng)
 
@@ -141,7 +222,7 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
     hp.setdefault("max_len", config.history_len)
   config = dataclasses.replace(config, history_len=history_len_for(model, config, hp))
   module = spec.make(train.num_users, train.num_items, **hp)
-  examples = training_examples(spec, train, config.history_len)
+  examples = training_examples(spec, train, config.history_len, uses_all_positions(spec, config))
   known = train.user_item_csr()
   rng = jax.random.PRNGKey(seed)
   init_rng, loop_rng = jax.random.split(rng)
