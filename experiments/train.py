@@ -62,13 +62,22 @@ _TUNED = {"mf-bpr": {"learning_rate": 5e-3}, "ncf": {"learning_rate": 5e-3, "num
 
 
 def quick_config(model: str, suite_name: str) -> fit_lib.FitConfig:
-  """Budgets of the main job: the quick suite must fit 15 minutes on 2 cores with everything else."""
-  seq = registry.get(model).family == "sequence"
+  """Budgets of the main job: the quick suite must fit 15 minutes on 2 cores with everything else.
+
+  GRU4Rec and SASRec train on every position of a sequence (``FitConfig.batch_size`` counts sequences),
+  the other sequence models on one target per window (``batch_size`` counts windows).
+  """
+  spec = registry.get(model)
+  seq = spec.family == "sequence"
   if suite_name == "quick":
-    base = fit_lib.FitConfig(epochs=4 if seq else 12, batch_size=512 if seq else 1024, history_len=20,
-                             num_negatives=64, patience=2)
+    if spec.all_positions:
+      base = fit_lib.FitConfig(epochs=8, batch_size=32, history_len=20, num_negatives=64, patience=2)
+    else:
+      base = fit_lib.FitConfig(epochs=4 if seq else 12, batch_size=512 if seq else 1024, history_len=20,
+                               num_negatives=64, patience=2)
   else:
-    base = fit_lib.FitConfig(epochs=30, batch_size=256, history_len=50, num_negatives=100, patience=3)
+    base = fit_lib.FitConfig(epochs=30, batch_size=32 if spec.all_positions else 256, history_len=50,
+                             num_negatives=100, patience=3)
   return dataclasses.replace(base, **_TUNED.get(model, {}))
 
 
