@@ -23,8 +23,6 @@ Writes into ``--workdir``: ``results.json`` (every row, configs, timings, histor
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import itertools
 import os
 import time
@@ -42,7 +40,6 @@ from jaxrec.eval import protocols as protocols_lib
 from jaxrec.eval import suite
 from jaxrec.methods import two_time_scale as tts
 from jaxrec.models import nonlearned
-from jaxrec.models.common import dot_scores
 from jaxrec.train import fit as fit_lib
 
 MODULE = "experiments.two_time_scale"
@@ -122,19 +119,6 @@ class Options:
 # -- 2TS evaluation ----------------------------------------------------------------------------------
 
 
-def _dot_score(table, queries, items):
-  return dot_scores(jnp.asarray(queries["user_vec"]), table, jnp.asarray(items))
-
-
-def _score_fn(table):
-  """``tts.make_score_fn(table)``'s scores (``dot_scores(user_vec, table, items)``) as a partial.
-
-  ``jaxrec.eval.protocols`` jits a partial's array arguments as inputs, so every variant and every epoch
-  reuses one compiled ranking kernel; ``make_score_fn`` returns a closure, compiled again per call.
-  """
-  return functools.partial(_dot_score, table)
-
-
 def _with_vecs(queries, vecs):
   return dataclasses.replace(queries, features={"user_vec": np.asarray(vecs)})
 
@@ -203,26 +187,43 @@ def _curve_callback(cfg, data, s: _Setup) -> Callable:
     eq, table = _query_vectors(c, params, data, s)
     out = {}
     for name, (idx, q, proto), offset in (("valid", s.curve_valid, 0), ("test", s.curve_test, s.num_valid)):
-      out[f"{name}_MRR"] = _sampled_mrr(_score_fn(table), _with_vecs(q, eq.user_vec[offset + idx]), proto,
-                                        s.prep.num_items)
+      queries = _with_vecs(q, eq.user_vec[offset + idx])
+      out[f"{name}_MRR"] = _sampled_mrr(tts.make_score_fn(table), queries, proto, s.prep.num_items)
     return out
 
   return callback
 
 
-def _train_tts(cfg, s: _Setup, callback=None, workdir=None):
-  kwargs = {}
-  if workdir is not None and "workdir" in inspect.signature(tts.train).parameters:
-    kwargs["workdir"] = workdir
+def _valid_fn(cfg, data, s: _Setup) -> Callable:
+  """Validation MRR (sampled) on the curve subset after each epoch: keeps each stage's best epoch.
+
+  Stage-1 epochs are scored as CCF (the static phi_u), later stages with the variant's own queries.
+  """
+  ccf = dataclasses.replace(cfg, variant="ccf")
+  idx, q, proto = s.curve_valid
+
+  def eval_fn(stage, params):
+    eq, table = _query_vectors(ccf if stage == "stage1" else cfg, params, data, s)
+    return {"mrr": _sampled_mrr(tts.make_score_fn(table), _with_vecs(q, eq.user_vec[idx]), proto,
+                                s.prep.num_items)}
+
+  return eval_fn
+
+
+def _train_tts(cfg, s: _Setup, callback=None, workdir=None, data=None):
+  """Trains one variant, keeping each stage's best epoch on validation MRR."""
+  if data is None:
+    data = tts.prepare_training_data(s.prep.split.train, cfg.t_star, cfg.k)
   t0 = time.perf_counter()
-  res = tts.train(cfg, s.prep.split.train, callback=callback, **kwargs)
+  res = tts.train(cfg, s.prep.split.train, callback=callback, eval_fn=_valid_fn(cfg, data, s), metric="mrr",
+                  workdir=workdir)
   return res, time.perf_counter() - t0
 
 
 def _evaluate_tts(cfg, res, s: _Setup) -> tuple[dict, dict, Any]:
   """(test results per protocol, validation sampled summary, EvalQueries)."""
   eq, table = _query_vectors(cfg, res.params, res.data, s)
-  score_fn = _score_fn(table)
+  score_fn = tts.make_score_fn(table)
   test_q = _with_vecs(s.prep.test_queries, eq.user_vec[s.num_valid:])
   test = suite.evaluate_all(score_fn, test_q, s.prep.num_items, s.test_protocols,
                             train_counts=s.train_counts, new_users=s.new_users)
@@ -309,7 +310,7 @@ def run_dataset(spec: str, opts: Options, *, workdir: Optional[str] = None, cach
     data = tts.prepare_training_data(s.prep.split.train, cfg.t_star, cfg.k)
     cb = _curve_callback(cfg, data, s) if variant == "2ts" else None
     ckpt = os.path.join(workdir, "checkpoints", name, variant) if (checkpoints and workdir) else None
-    res, sec = _train_tts(cfg, s, cb, ckpt)
+    res, sec = _train_tts(cfg, s, cb, ckpt, data)
     test, valid, eq = _evaluate_tts(cfg, res, s)
     rec = {"config": dataclasses.asdict(cfg), "train_seconds": sec, "test": test, "valid": valid,
            "history": res.history}
