@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-posi
 from jaxrec import io  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def _save(fig, path: str) -> str:
+def save(fig, path: str) -> str:
+  """Writes ``fig`` as PNG atomically and closes it."""
   fig.tight_layout()
   with io.atomic_path(path) as tmp:
     fig.savefig(tmp, dpi=110, format="png")
@@ -36,7 +37,7 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]], path: str, *, ylabel: str,
@@ -55,4 +56,4 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]], p
   ax.set_title(title)
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save(fig, path)

@@ -32,10 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
+from experiments import common, plots
 from experiments import train as train_exp
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
-from jaxrec import io
 from jaxrec.eval import protocols as protocols_lib
 from jaxrec.eval import suite
 from jaxrec.methods import two_time_scale as tts
@@ -49,6 +48,11 @@ BASELINE_NAMES = {"sumpool": "SumPooling", "gru4rec": "GRU4Rec", "sasrec": "SASR
 METRICS = ("MRR", "Recall@10")
 
 
+# TwoTimeScaleConfig fields exposed as flags of the binary.
+TTS_FLAGS = ("t_star", "k", "num_offered", "d_id", "d_feat", "lr_stage1", "lr_stage2", "lr_single",
+             "epochs_stage1", "epochs_stage2", "epochs_single")
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """Everything a run depends on besides the dataset (each field is a flag of the binary).
@@ -56,9 +60,8 @@ class Options:
   Attributes:
     variants: 2TS variants to train (``tts.VARIANTS``).
     baselines: base models to train (``BASELINE_NAMES``).
-    t_star, k, num_offered, d_id, d_feat: 2TS hyper-parameters (``TwoTimeScaleConfig``); ``t_star`` and
+    tts: the 2TS hyper-parameters (its fields in ``TTS_FLAGS`` are flags of the binary); ``t_star`` and
       ``k`` are overridden by the validation choice when a sweep is given.
-    lr_stage1, lr_stage2, lr_single, epochs_stage1, epochs_stage2, epochs_single: 2TS optimisation.
     sweep_t_star, sweep_k: validation grid of (t*, K) for 2TS (empty: no sweep).
     base_epochs, base_batch_size, base_history_len, base_negatives, base_lr, base_patience: baselines.
     eval_negatives: sampled negatives of the test (and validation) protocol (499 as in the paper).
@@ -68,17 +71,7 @@ class Options:
 
   variants: tuple[str, ...] = tts.VARIANTS
   baselines: tuple[str, ...] = tuple(BASELINE_NAMES)
-  t_star: int = 20
-  k: int = 10
-  num_offered: int = 20
-  d_id: int = 32
-  d_feat: int = 16
-  lr_stage1: float = 1e-3
-  lr_stage2: float = 1e-3
-  lr_single: float = 1e-3
-  epochs_stage1: int = 10
-  epochs_stage2: int = 10
-  epochs_single: int = 10
+  tts: tts.TwoTimeScaleConfig = tts.TwoTimeScaleConfig()
   sweep_t_star: tuple[int, ...] = ()
   sweep_k: tuple[int, ...] = ()
   base_epochs: int = 10
@@ -97,17 +90,27 @@ class Options:
     if bad:
       raise ValueError(f"unknown variants/baselines {bad}; known {tts.VARIANTS} and {tuple(BASELINE_NAMES)}")
 
+  def flat(self) -> dict:
+    """Every option as one flat ``{flag name: value}`` (2TS fields from ``TTS_FLAGS``)."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tts"}
+    out.update({name: getattr(self.tts, name) for name in TTS_FLAGS})
+    return out
+
+  @classmethod
+  def from_flat(cls, values: dict) -> "Options":
+    """Inverse of :meth:`flat`."""
+    tts_values = {k: v for k, v in values.items() if k in TTS_FLAGS}
+    rest = {k: v for k, v in values.items() if k not in TTS_FLAGS}
+    return cls(tts=tts.TwoTimeScaleConfig(**tts_values), **rest)
+
   def flags(self) -> dict:
     """The CLI flags reproducing these options (lists comma-joined)."""
-    return {f.name: (",".join(map(str, v)) if isinstance(v, tuple) else v)
-            for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+    return {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in self.flat().items()}
 
   def tts_config(self, variant: str, t_star: Optional[int] = None, k: Optional[int] = None):
-    return tts.TwoTimeScaleConfig(
-        variant=variant, d_id=self.d_id, d_feat=self.d_feat, t_star=self.t_star if t_star is None else t_star,
-        k=self.k if k is None else k, num_offered=self.num_offered, lr_stage1=self.lr_stage1,
-        lr_stage2=self.lr_stage2, lr_single=self.lr_single, epochs_stage1=self.epochs_stage1,
-        epochs_stage2=self.epochs_stage2, epochs_single=self.epochs_single, seed=self.seed)
+    t_star = self.tts.t_star if t_star is None else t_star
+    return dataclasses.replace(self.tts, variant=variant, t_star=t_star, k=self.tts.k if k is None else k,
+                               seed=self.seed)
 
   def fit_config(self) -> fit_lib.FitConfig:
     return fit_lib.FitConfig(epochs=self.base_epochs, batch_size=self.base_batch_size,
@@ -288,8 +291,8 @@ def run_dataset(spec: str, opts: Options, *, workdir: Optional[str] = None, cach
   out: dict[str, Any] = {"dataset": spec, "stats": common.stats_row(s.prep), "options": opts.flags(),
                          "rows": [], "tts": {}, "baselines": {}, "sweep": []}
   # Validation sweep over (t*, K) for 2TS.
-  t_star, k = opts.t_star, opts.k
-  grid = list(itertools.product(opts.sweep_t_star or (opts.t_star,), opts.sweep_k or (opts.k,)))
+  t_star, k = opts.tts.t_star, opts.tts.k
+  grid = list(itertools.product(opts.sweep_t_star or (t_star,), opts.sweep_k or (k,)))
   if len(grid) > 1:
     for ts_, k_ in grid:
       cfg = opts.tts_config("2ts", ts_, min(k_, max(ts_, 1)))
@@ -351,12 +354,6 @@ def _fmt_row(row: dict) -> str:
 # -- figures -----------------------------------------------------------------------------------------
 
 
-def _savefig(fig, path: str) -> str:
-  with io.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-  return path
-
-
 def make_figures(res: dict, workdir: str, prefix: str = "") -> list[str]:
   """Figures 2-4 and the threshold sweep of one dataset's results (PNG, written atomically)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -389,8 +386,7 @@ def make_figures(res: dict, workdir: str, prefix: str = "") -> list[str]:
   ax.set_ylabel(f"MRR ({sampled})")
   ax.set_title(f"Fig. 2: MRR vs training time ({name})")
   ax.legend(fontsize=7)
-  paths.append(_savefig(fig, os.path.join(workdir, f"{prefix}fig2_mrr_vs_time.png")))
-  plt.close(fig)
+  paths.append(plots.save(fig, os.path.join(workdir, f"{prefix}fig2_mrr_vs_time.png")))
 
   # Fig. 3: test MRR by user segment (training interactions).
   fig, ax = plt.subplots(figsize=(7, 4))
@@ -410,8 +406,7 @@ def make_figures(res: dict, workdir: str, prefix: str = "") -> list[str]:
   ax.set_ylabel(f"test MRR ({sampled})")
   ax.set_title(f"Fig. 3: test MRR by user segment ({name})")
   ax.legend(fontsize=7, ncol=2)
-  paths.append(_savefig(fig, os.path.join(workdir, f"{prefix}fig3_mrr_by_segment.png")))
-  plt.close(fig)
+  paths.append(plots.save(fig, os.path.join(workdir, f"{prefix}fig3_mrr_by_segment.png")))
 
   # Fig. 4: embedding movement, active vs inactive.
   mv = res["tts"].get("2ts", {}).get("moves")
@@ -426,8 +421,7 @@ def make_figures(res: dict, workdir: str, prefix: str = "") -> list[str]:
     ax.set_ylabel("mean ||phi_{t+1} - phi_t||")
     ax.set_title(f"Fig. 4: two-time-scale behaviour (2TS, t*={chosen_t}, {name})")
     ax.legend()
-    paths.append(_savefig(fig, os.path.join(workdir, f"{prefix}fig4_embedding_moves.png")))
-    plt.close(fig)
+    paths.append(plots.save(fig, os.path.join(workdir, f"{prefix}fig4_embedding_moves.png")))
 
   # Threshold sweep with the theory's t** (lower bound) for comparison.
   if res["sweep"]:
@@ -446,8 +440,7 @@ def make_figures(res: dict, workdir: str, prefix: str = "") -> list[str]:
     ax.set_ylabel(f"MRR ({sampled})")
     ax.set_title(f"2TS threshold sweep ({name})")
     ax.legend(fontsize=7)
-    paths.append(_savefig(fig, os.path.join(workdir, f"{prefix}fig_threshold_sweep.png")))
-    plt.close(fig)
+    paths.append(plots.save(fig, os.path.join(workdir, f"{prefix}fig_threshold_sweep.png")))
   return paths
 
 
@@ -515,12 +508,13 @@ def _tables(results: dict) -> list[Table]:
 def suite_options(suite_name: str, seed: int = 0) -> Options:
   """Budgets of the main job: quick must stay around 4 minutes on 2 loaded cores (both datasets)."""
   if suite_name == "quick":
-    return Options(t_star=20, k=10, epochs_stage1=3, epochs_stage2=3, epochs_single=3, base_epochs=2,
-                   base_batch_size=512, base_history_len=20, base_negatives=32, base_patience=2,
-                   curve_queries=1000, seed=seed)
-  return Options(t_star=20, k=10, epochs_stage1=10, epochs_stage2=10, epochs_single=10, base_epochs=10,
-                 base_batch_size=256, base_history_len=50, base_negatives=64, sweep_t_star=(10, 20, 50),
-                 sweep_k=(10, 20), seed=seed)
+    return Options(tts=tts.TwoTimeScaleConfig(t_star=20, k=10, epochs_stage1=3, epochs_stage2=3,
+                                              epochs_single=3),
+                   base_epochs=2, base_batch_size=512, base_history_len=20, base_negatives=32,
+                   base_patience=2, curve_queries=1000, seed=seed)
+  return Options(tts=tts.TwoTimeScaleConfig(t_star=20, k=10), base_epochs=10, base_batch_size=256,
+                 base_history_len=50, base_negatives=64, sweep_t_star=(10, 20, 50), sweep_k=(10, 20),
+                 seed=seed)
 
 
 def _experiment(ctx: RunContext) -> ExperimentResult:
@@ -543,17 +537,16 @@ def _define_flags():
   Defined only when run as a program, so importing the module (the main job does) never touches FLAGS.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
-  d = Options()
+  d = Options().flat()
   specs = [("list", "datasets", None, "Dataset specs (overrides --dataset)."),
            ("string", "dataset", "synthetic:small", "Dataset spec (see jaxrec.data.datasets)."),
            ("string", "workdir", None, "Output directory (results.json, figures, checkpoints)."),
            ("string", "cache_dir", None, "Cache for public files."),
            ("bool", "checkpoints", True, "Write checkpoints where the method takes a workdir.")]
-  for f in dataclasses.fields(Options):
-    default = getattr(d, f.name)
+  for name, default in d.items():
     kind = ("list" if isinstance(default, tuple) else "float" if isinstance(default, float) else "integer")
-    specs.append((kind, f.name, [str(x) for x in default] if kind == "list" else default,
-                  f"Options.{f.name}."))
+    where = "TwoTimeScaleConfig" if name in TTS_FLAGS else "Options"
+    specs.append((kind, name, [str(x) for x in default] if kind == "list" else default, f"{where}.{name}."))
   for kind, name, default, help_ in specs:
     getattr(flags, f"DEFINE_{kind}")(name, default, help_)
   return flags.FLAGS
@@ -564,12 +557,12 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   fv = flags.FLAGS
   kw = {}
-  for f in dataclasses.fields(Options):
-    v = fv[f.name].value
-    if isinstance(getattr(Options(), f.name), tuple):
-      v = tuple(int(x) if f.name.startswith("sweep") else x for x in v if x != "")
-    kw[f.name] = v
-  opts = Options(**kw)
+  for name, default in Options().flat().items():
+    v = fv[name].value
+    if isinstance(default, tuple):
+      v = tuple(int(x) if name.startswith("sweep") else x for x in v if x != "")
+    kw[name] = v
+  opts = Options.from_flat(kw)
   specs = fv.datasets or [fv.dataset]
   workdir = fv.workdir or f"runs/two_time_scale/{'+'.join(s.replace(':', '-') for s in specs)}"
   results, figures = run_all(specs, opts, workdir, cache_dir=fv.cache_dir, checkpoints=fv.checkpoints,
