@@ -64,20 +64,17 @@ _TUNED = {"mf-bpr": {"learning_rate": 5e-3}, "ncf": {"learning_rate": 5e-3, "num
 def quick_config(model: str, suite_name: str) -> fit_lib.FitConfig:
   """Budgets of the main job: the quick suite must fit 15 minutes on 2 cores with everything else.
 
-  GRU4Rec and SASRec train on every position of a sequence (``FitConfig.batch_size`` counts sequences),
-  the other sequence models on one target per window (``batch_size`` counts windows).
+  GRU4Rec and SASRec train on every position of a sequence (``sequence_batch_size`` sequences per step),
+  the other sequence models on one target per window and user models on (user, item) pairs
+  (``batch_size`` per step).
   """
   spec = registry.get(model)
   seq = spec.family == "sequence"
   if suite_name == "quick":
-    if spec.all_positions:
-      base = fit_lib.FitConfig(epochs=8, batch_size=32, history_len=20, num_negatives=64, patience=2)
-    else:
-      base = fit_lib.FitConfig(epochs=4 if seq else 12, batch_size=512 if seq else 1024, history_len=20,
-                               num_negatives=64, patience=2)
+    base = fit_lib.FitConfig(epochs=8 if spec.all_positions else 4 if seq else 12,
+                             batch_size=512 if seq else 1024, history_len=20, num_negatives=64, patience=2)
   else:
-    base = fit_lib.FitConfig(epochs=30, batch_size=32 if spec.all_positions else 256, history_len=50,
-                             num_negatives=100, patience=3)
+    base = fit_lib.FitConfig(epochs=30, batch_size=256, history_len=50, num_negatives=100, patience=3)
   return dataclasses.replace(base, **_TUNED.get(model, {}))
 
 
@@ -117,7 +114,8 @@ def _experiment(ctx: RunContext) -> ExperimentResult:
       res = run(model, spec, "leave_last_out", config=config, seed=ctx.seed, prepared=prep)
       out[f"{spec}/{model}"] = runs[model] = res
       flags_ = {"model": model, "dataset": spec, "split": "leave_last_out", "epochs": config.epochs,
-                "batch_size": config.batch_size, "history_len": config.history_len,
+                "batch_size": config.batch_size, "sequence_batch_size": config.sequence_batch_size,
+                "history_len": config.history_len,
                 "learning_rate": config.learning_rate, "num_negatives": config.num_negatives,
                 "patience": config.patience, "seed": ctx.seed,
                 "workdir": f"runs/train/{model}-{prep.name}"}
@@ -142,6 +140,7 @@ def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   config = fit_lib.FitConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                             sequence_batch_size=FLAGS.sequence_batch_size,
                              num_negatives=FLAGS.num_negatives, history_len=FLAGS.history_len,
                              learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
                              loss=FLAGS.loss, patience=FLAGS.patience, progress=FLAGS.progress)
@@ -167,7 +166,8 @@ def define_flags():
   flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Test protocol(s).")
   flags.DEFINE_integer("eval_negatives", 99, "Sampled negatives per test positive.")
   flags.DEFINE_integer("epochs", 10, "Training epochs.")
-  flags.DEFINE_integer("batch_size", 256, "Batch size.")
+  flags.DEFINE_integer("batch_size", 256, "Examples per step (user models, window-trained sequence models).")
+  flags.DEFINE_integer("sequence_batch_size", 32, "Sequences per step (GRU4Rec, SASRec: all positions).")
   flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
   flags.DEFINE_float("weight_decay", 0.0, "Weight decay.")
   flags.DEFINE_integer("num_negatives", 100, "Sampled training negatives per positive.")

@@ -63,7 +63,8 @@ class Options:
     tts: the 2TS hyper-parameters (its fields in ``TTS_FLAGS`` are flags of the binary); ``t_star`` and
       ``k`` are overridden by the validation choice when a sweep is given.
     sweep_t_star, sweep_k: validation grid of (t*, K) for 2TS (empty: no sweep).
-    base_epochs, base_batch_size, base_history_len, base_negatives, base_lr, base_patience: baselines.
+    base_epochs, base_batch_size, base_history_len, base_negatives, base_lr, base_patience: baselines
+      (base_batch_size counts windows; GRU4Rec and SASRec take FitConfig.sequence_batch_size sequences).
     eval_negatives: sampled negatives of the test (and validation) protocol (499 as in the paper).
     curve_queries: validation/test queries (random subset) evaluated after every 2TS epoch (Fig. 2).
     seed: the one seed (data, split sampling, init, negatives).

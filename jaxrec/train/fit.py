@@ -46,8 +46,10 @@ class FitConfig:
 
   Attributes:
     epochs: passes over the training examples.
-    batch_size: examples per step (static; the last batch is padded and masked): interactions, or
-      sequences of up to ``history_len`` targets for all-position models.
+    batch_size: examples (interactions or windows) per step (static; the last batch is padded and
+      masked).
+    sequence_batch_size: sequences (of up to ``history_len`` targets each) per step for all-position
+      models, which replaces ``batch_size`` for them.
     num_negatives: sampled negatives per example.
     history_len: input window of sequence models.
     learning_rate, weight_decay, optimizer, clip_norm: the optax optimizer.
@@ -63,6 +65,7 @@ class FitConfig:
 
   epochs: int = 10
   batch_size: int = 256
+  sequence_batch_size: int = 32
   num_negatives: int = 100
   history_len: int = 50
   learning_rate: float = 1e-3
@@ -222,7 +225,10 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
     hp.setdefault("max_len", config.history_len)
   config = dataclasses.replace(config, history_len=history_len_for(model, config, hp))
   module = spec.make(train.num_users, train.num_items, **hp)
-  examples = training_examples(spec, train, config.history_len, uses_all_positions(spec, config))
+  all_positions = uses_all_positions(spec, config)
+  if all_positions:
+    config = dataclasses.replace(config, batch_size=config.sequence_batch_size)
+  examples = training_examples(spec, train, config.history_len, all_positions)
   known = train.user_item_csr()
   rng = jax.random.PRNGKey(seed)
   init_rng, loop_rng = jax.random.split(rng)
