@@ -18,7 +18,7 @@ def _experiment(ctx: RunContext) -> ExperimentResult:
   # Figures are linked relative to the theory workdir; the main report sits one level up.
   sub = os.path.basename(os.path.normpath(ctx.workdir))
   md = re.sub(r"\]\((?!https?:)([^)]+\.png)\)", lambda m: f"]({sub}/{m.group(1)})", md)
-  md = re.sub(r"^# ", "### ", md, flags=re.M)
+  md = re.sub(r"^(#+) ", r"##\1 ", md, flags=re.M)  # nest the theory headings under this section
   cmd = common.command_line("theory.report", {"workdir": "runs/theory", "quick": quick})
   return ExperimentResult(markdown=f"Produced by `{cmd}`.\n\n{md}", results=results)
 

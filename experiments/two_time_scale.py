@@ -104,9 +104,11 @@ class Options:
     rest = {k: v for k, v in values.items() if k not in TTS_FLAGS}
     return cls(tts=tts.TwoTimeScaleConfig(**tts_values), **rest)
 
-  def flags(self) -> dict:
-    """The CLI flags reproducing these options (lists comma-joined)."""
-    return {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in self.flat().items()}
+  def flags(self, changed_only: bool = False) -> dict:
+    """The CLI flags reproducing these options (lists comma-joined); optionally only non-defaults."""
+    default = Options().flat()
+    return {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in self.flat().items()
+            if not changed_only or v != default[k]}
 
   def tts_config(self, variant: str, t_star: Optional[int] = None, k: Optional[int] = None):
     t_star = self.tts.t_star if t_star is None else t_star
@@ -282,7 +284,7 @@ def run_dataset(spec: str, opts: Options, *, workdir: Optional[str] = None, cach
   """Trains and evaluates every row on one dataset; returns a JSON-able dict (rows, curves, configs)."""
   s = _setup(spec, opts, cache_dir)
   name = s.prep.name
-  base_flags = {"dataset": spec, **opts.flags()}
+  base_flags = {"dataset": spec, **opts.flags(changed_only=True)}
   if cache_dir:
     base_flags["cache_dir"] = cache_dir
 
