@@ -3,8 +3,9 @@
 Three measurements, all through `jaxrec.train.loop.train` with the steps of
 `jaxrec.methods.two_time_scale.make_train_step` (one jitted, donated step per stage), CPU only:
 
-1. Stage-1 (CCF pairs) and stage-2 (two GRU cells over the inactive users' full sequences and the active
-   users' last K) throughput in interactions/s on the synthetic preset (`medium`: 10k users, ~0.4M
+1. Stage-1 (CCF pairs) and stage-2 (two GRU cells over the inactive users' full sequences, in
+   length buckets padded to powers of two, and the active users' last K; one group per step) throughput
+   in interactions/s on the synthetic preset (`medium`: 10k users, ~0.4M
    interactions), one epoch each after a warm-up epoch (compilation excluded).
 2. Stage 1 STREAMING the `large` preset (1M users, 100k items, ~100M interactions):
    `synthetic.generate_chunks("large")` yields 2k-user chunks in one index space; the loop consumes
@@ -141,8 +142,10 @@ def bench_medium(args):
   s2 = lambda e: tts.stage_batches(cfg, data, "stage2", e)
   steps1, steps2 = tts.steps_per_epoch(cfg, data, "stage1"), tts.steps_per_epoch(cfg, data, "stage2")
   seen1 = steps1 * cfg.batch_stage1
-  seen2 = int(sum(b["inactive"]["mask"].sum() + b["active"]["mask"].sum() for b in s2(0)))
-  pad2 = steps2 * (cfg.batch_inactive * max(cfg.t_star, 1) + cfg.batch_active * cfg.k)
+  groups2 = [g for b in s2(0) for k, g in b.items() if k in ("inactive", "active")]
+  seen2 = int(sum(g["mask"].sum() for g in groups2))
+  pad2 = int(sum(g["mask"].size for g in groups2))
+  shapes2 = sorted({g["items"].shape for g in groups2})
 
   gcfg = tts.TwoTimeScaleConfig(d_id=args.dim, num_offered=args.p)
   gbatches = full_sequence_batches(log, args.batch_users)
@@ -173,7 +176,8 @@ def bench_medium(args):
   med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
   print(f"(1) stage 1: {steps1} steps x {cfg.batch_stage1} pairs, {med['stage1'][0]:.2f} s wall "
         f"({med['stage1'][1]:.2f} s CPU): {seen1 / med['stage1'][0]:,.0f} interactions/s")
-  print(f"    stage 2: {steps2} steps, {seen2} interactions ({pad2} padded positions), "
+  print(f"    stage 2: {steps2} steps, {seen2} interactions ({pad2} padded positions, batch shapes "
+        f"{shapes2}), "
         f"{med['stage2'][0]:.2f} s wall ({med['stage2'][1]:.2f} s CPU): {seen2 / med['stage2'][0]:,.0f} "
         f"interactions/s")
   tts_w, tts_c = med["stage1"][0] + med["stage2"][0], med["stage1"][1] + med["stage2"][1]

@@ -17,7 +17,7 @@ def _tiny_options(**kw):
               epochs_single=1, base_epochs=1, base_batch_size=128, base_history_len=8, base_negatives=8,
               curve_queries=50, eval_negatives=49)
   base.update(kw)
-  return exp.Options(**base)
+  return exp.Options.from_flat(base)
 
 
 def test_options_reject_unknown_variant():
@@ -80,5 +80,13 @@ def test_sweep_figure_marks_chosen_and_theory(tiny_run, tmp_path):
 def test_experiment_is_registered_with_small_quick_budget():
   assert exp.EXPERIMENT.name == "two_time_scale" and exp.EXPERIMENT.order == 30
   quick = exp.suite_options("quick")
-  assert quick.epochs_stage1 + quick.epochs_stage2 <= 6 and not quick.sweep_t_star
+  assert quick.tts.epochs_stage1 + quick.tts.epochs_stage2 <= 6 and not quick.sweep_t_star
+
+
+def test_options_flat_round_trip_and_changed_flags():
+  opts = _tiny_options(seed=3)
+  assert exp.Options.from_flat(opts.flat()) == opts
+  assert opts.tts_config("2ts-plus").variant == "2ts-plus" and opts.tts_config("2ts").seed == 3
+  changed = opts.flags(changed_only=True)
+  assert changed["t_star"] == 5 and "lr_stage1" not in changed
   assert isinstance(RunContext(workdir="x").datasets, tuple)

@@ -135,9 +135,38 @@ def test_batched_stage2_matches_per_user_loop_and_loss(variant):
     logits = np.einsum("bld,blcd->blc", ref_q, table[cand])
     per = np.log(np.exp(logits).sum(-1)) - logits[..., 0]
     per_group.append((per * m).sum() / m.sum())
-  loss, aux = jax.jit(functools.partial(tts.stage2_loss, cfg))(params, batch, jax.random.key(0), negs)
+  loss_fn = jax.jit(functools.partial(tts.stage2_loss, cfg))
+  loss, aux = loss_fn(params, batch, jax.random.key(0), negs)
   np.testing.assert_allclose(float(loss), sum(per_group), rtol=1e-5)
   np.testing.assert_allclose(float(aux["loss_in"]), per_group[0], rtol=1e-5)
+  for i, group in enumerate(("inactive", "active")):  # one-group steps: that group's term alone
+    one = {group: batch[group], "item_features": feats}
+    loss, aux = loss_fn(params, one, jax.random.key(0), {group: negs[group]})
+    np.testing.assert_allclose(float(loss), per_group[i], rtol=1e-5)
+    assert float(aux["loss_act" if group == "inactive" else "loss_in"]) == 0.0
+
+
+@pytest.mark.parametrize("variant", ["2ts", "2ts-plus"])
+def test_bucketed_stage2_batches_match_per_user_loop(variant):
+  cfg, data, params, feats = _setup(variant)
+  cfg = dataclasses.replace(cfg, batch_inactive=2, batch_active=1)
+  refs = {g: _reference_rollout(cfg, params, data, g, feats) for g in ("inactive", "active")}
+  for batch in tts.stage_batches(cfg, data, "stage2", 0, feats):
+    (group,) = [g for g in batch if g != "item_features"]
+    gb = batch[group]
+    qs, _, h, _ = _jit_group_rollout(cfg, group)(params, gb, feats)
+    users = data.group(group)["user"]
+    for b in np.flatnonzero(gb["mask"].any(axis=1)):
+      row = int(np.flatnonzero(users == gb["user"][b])[0])
+      m = gb["mask"][b]
+      np.testing.assert_allclose(np.asarray(qs)[b][m], refs[group][0][row][: m.shape[0]][m], rtol=1e-5,
+                                 atol=1e-5)
+      np.testing.assert_allclose(np.asarray(h)[b], refs[group][1][row], rtol=1e-5, atol=1e-5)
+
+
+def test_bucket_width_is_a_capped_power_of_two():
+  assert [tts.bucket_width(n, 100) for n in (0, 1, 2, 3, 5, 64, 65, 100)] == [1, 1, 2, 4, 8, 64, 100, 100]
+  assert tts.bucket_width(3, 2) == 2
 
 
 @pytest.mark.parametrize("variant", ["2ts", "2ts-plus"])
@@ -280,16 +309,43 @@ def test_eval_fn_keeps_the_best_epoch_and_stops_early():
 
 def test_stage_batches_depend_only_on_seed_stage_and_epoch():
   cfg, data, _, _ = _setup("2ts")
+  cfg = dataclasses.replace(cfg, batch_inactive=1, batch_active=1)
   first = list(tts.stage_batches(cfg, data, "stage2", 1))
   again = list(tts.stage_batches(cfg, data, "stage2", 1))
   other = list(tts.stage_batches(cfg, data, "stage2", 2))
-  assert len(first) == tts.steps_per_epoch(cfg, data, "stage2")
+  assert len(first) == tts.steps_per_epoch(cfg, data, "stage2") == 5
   chex.assert_trees_all_equal(first, again)
-  assert any(not np.array_equal(a["inactive"]["items"], b["inactive"]["items"]) for a, b in zip(first, other))
+  assert [_bits(b) for b in first] != [_bits(b) for b in other]
   pairs = list(tts.stage_batches(cfg, data, "stage1", 0))
   assert all(b["user"].shape == (cfg.batch_stage1,) for b in pairs)
   seen = np.concatenate([b["user"] * NUM_ITEMS + b["item"] for b in pairs])
   np.testing.assert_array_equal(np.unique(seen), np.unique(data.pair_user * NUM_ITEMS + data.pair_item))
+
+
+def test_stage2_epoch_visits_each_row_once_in_length_buckets():
+  # inactive lengths 1..5 (t* = 5), two active users; K = 2
+  seqs = {u: list(range(u, u + n)) for u, n in enumerate([1, 2, 3, 4, 5, 1, 2, 6, 7, 3, 2, 1])}
+  cfg = _cfg("2ts", feats=False, t_star=5, k=2, batch_inactive=3, batch_active=1)
+  data = tts.prepare_training_data(_log(seqs, num_users=12), cfg.t_star, cfg.k)
+  batches = list(tts.stage_batches(cfg, data, "stage2", 0))
+  assert len(batches) == tts.steps_per_epoch(cfg, data, "stage2") == 4 + 2
+  seen = {"inactive": [], "active": []}
+  for batch in batches:
+    (group,) = batch
+    g = batch[group]
+    width = cfg.t_star if group == "inactive" else cfg.k
+    rows = g["mask"].any(axis=1)
+    length = tts.bucket_width(g["mask"].sum(1).max(), width)
+    assert g["items"].shape == (3 if group == "inactive" else 1, length)
+    assert (g["prev"][~rows] == -1).all() and not g["items"][~rows].any()  # fill rows: fully masked
+    seen[group] += [(int(u), tuple(i[m])) for u, i, m in zip(g["user"][rows], g["items"][rows],
+                                                              g["mask"][rows])]
+  for group, got in seen.items():
+    full = data.group(group)
+    want = [(int(u), tuple(i[m])) for u, i, m in zip(full["user"], full["items"], full["mask"])]
+    assert sorted(got) == sorted(want)  # every row exactly once, no cycling
+  shapes = {b["inactive"]["items"].shape[1] for b in batches if "inactive" in b}
+  assert shapes <= {1, 2, 4, 5} and len(shapes) > 1
 
 
 def test_score_fn_is_a_partial_over_the_table_and_does_not_recompile():

@@ -17,8 +17,9 @@ The neural 2TS model (Section 3.1) keeps two kinds of user representation:
     active   (T >  t*):  h_0 = phi_u;  h_{t+1} = RNNcell_2(h_t, x_{i_t})   over the last K interactions
 
   Every step is scored with the same offer-set softmax, the state *before* consuming ``i_t``
-  predicting ``i_t``. Both groups are static-shape padded batches (``[B_in, t*]`` and ``[B_act, K]``)
-  that one jitted step consumes (``lax.scan`` over time, batched over users).
+  predicting ``i_t``. Training steps carry one group each: ``[B_in, L]`` batches of inactive users of
+  similar length (``L`` the next power of two of the batch's longest sequence, at most ``t*``) or
+  ``[B_act, K]`` active windows, consumed by one jitted step (``lax.scan`` over time, batched over users).
 
 2TS-Plus (Section 3.3) scores with ``W^T [h_t ; x_{i_{t-1}}]`` instead of ``h_t``. Here ``W`` ``[2d, d]``
 is learned in stage 2 only (stage 1 is plain CCF), initialised to ``[I ; 0]`` so that stage 2 starts
@@ -55,10 +56,11 @@ with ``d = d_id + d_feat`` when item features ``[I, f]`` are given, ``d = d_id``
 Batch formats (numpy or jax arrays; item features, when used, ride along as ``"item_features"``)::
 
   stage 1:  {"user": int32 [B], "item": int32 [B]}
-  stage 2:  {"inactive": {"items": int32 [B_in, t*], "mask": bool [B_in, t*], "prev": int32 [B_in]},
+  stage 2:  {"inactive": {"items": int32 [B_in, L], "mask": bool [B_in, L], "prev": int32 [B_in]},
              "active":   {"items": int32 [B_act, K], "mask": bool [B_act, K], "prev": int32 [B_act],
-                          "user": int32 [B_act]}}      (prev = previous item or -1)
-  single-stage: stage-2 batch plus {"pairs": stage-1 batch}
+                          "user": int32 [B_act]}}      (prev = previous item or -1; L <= t*)
+            either group may be absent (training steps carry one group, see :func:`stage_batches`)
+  single-stage: stage-2 batch with both groups (L = t*) plus {"pairs": stage-1 batch}
 
 Training composes the shared core (``jaxrec.train``): per stage, :func:`make_loss_fn` (frozen keys through
 ``stop_gradient``) and :func:`stage_optimizer` (``optax.multi_transform``: Adam on the trained keys,
@@ -398,7 +400,8 @@ def stage2_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng: jax.
   Args:
     cfg: configuration.
     params: parameter pytree.
-    batch: the stage-2 batch (module docstring).
+    batch: the stage-2 batch (module docstring); either group may be absent (the one-group steps of
+      :func:`stage_batches`), it then adds ``0`` to the loss and ``0`` to its ``steps_*`` count.
     rng: key for the offer sets.
     negatives: optional ``{"inactive": [B_in, t*, p], "active": [B_act, K, p]}`` explicit offered items.
 
@@ -406,10 +409,15 @@ def stage2_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng: jax.
     ``(loss, {"loss_in", "loss_act", "steps_in", "steps_act"})``.
   """
   feats = batch.get("item_features")
-  k_in, k_act = jax.random.split(rng)
+  keys = dict(zip(("inactive", "active"), jax.random.split(rng)))
   negatives = negatives or {}
-  l_in, n_in = _group_loss(cfg, params, batch["inactive"], "inactive", feats, k_in, negatives.get("inactive"))
-  l_act, n_act = _group_loss(cfg, params, batch["active"], "active", feats, k_act, negatives.get("active"))
+  out = {}
+  for group in ("inactive", "active"):
+    if group in batch:
+      out[group] = _group_loss(cfg, params, batch[group], group, feats, keys[group], negatives.get(group))
+    else:  # a one-group step (stage_batches): the other group contributes nothing
+      out[group] = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+  (l_in, n_in), (l_act, n_act) = out["inactive"], out["active"]
   return l_in + l_act, {"loss_in": l_in, "loss_act": l_act, "steps_in": n_in, "steps_act": n_act}
 
 
@@ -823,11 +831,43 @@ def _epoch_order(rng: np.random.Generator, n: int, batch: int, steps: int) -> np
 
 
 def steps_per_epoch(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str) -> int:
-  """Steps of one epoch: pairs / ``batch_stage1`` (stage 1, single), the larger group's batches (stage 2)."""
+  """Steps of one epoch: pairs / ``batch_stage1`` (stage 1, single); stage 2: the inactive group's batches
+  plus the active group's batches (each group visited once, one group per step)."""
   if stage == "stage2":
-    return max(-(-data.in_user.shape[0] // cfg.batch_inactive),
-               -(-data.act_user.shape[0] // cfg.batch_active))
+    return -(-data.in_user.shape[0] // cfg.batch_inactive) - (-data.act_user.shape[0] // cfg.batch_active)
   return max(1, -(-data.pair_user.shape[0] // cfg.batch_stage1))
+
+
+def bucket_width(length: int, width: int) -> int:
+  """Padded length of a stage-2 batch whose longest sequence has ``length`` steps: the next power of two,
+  capped at the group's width (``max(t*, 1)`` or ``K``), so a group has at most
+  ``ceil(log2(width)) + 1`` batch shapes (and compiled steps)."""
+  return min(width, 1 << max(int(length) - 1, 0).bit_length())
+
+
+def _bucketed_plan(rng: np.random.Generator, data: TwoTimeScaleData, group: str,
+                   batch: int) -> list[tuple[str, np.ndarray, int]]:
+  """``(group, rows, padded length)`` per batch: a fresh permutation of the group's rows, stably sorted by
+  sequence length (random order among equal lengths), cut into ``batch`` consecutive rows."""
+  mask = data.in_mask if group == "inactive" else data.act_mask
+  lengths = mask.sum(axis=1)
+  perm = rng.permutation(lengths.shape[0])
+  order = perm[np.argsort(lengths[perm], kind="stable")]
+  return [(group, rows, bucket_width(lengths[rows].max(), mask.shape[1]))
+          for rows in np.split(order, range(batch, order.shape[0], batch))]
+
+
+def _group_batch(data: TwoTimeScaleData, group: str, rows: np.ndarray, length: int, batch: int) -> dict:
+  """Rows of ``group`` trimmed to ``length`` steps (they are left-aligned) and filled up to ``batch`` rows
+  with fully masked ones (item 0, prev -1, user 0), which add nothing to the loss."""
+  out = {k: v[rows] for k, v in data.group(group).items()}
+  out["items"], out["mask"] = out["items"][:, :length], out["mask"][:, :length]
+  fill = batch - rows.shape[0]
+  if fill:
+    pad = {"items": np.zeros((fill, length), np.int32), "mask": np.zeros((fill, length), bool),
+           "prev": np.full(fill, -1, np.int32), "user": np.zeros(fill, np.int32)}
+    out = {k: np.concatenate([v, pad[k].astype(v.dtype)]) for k, v in out.items()}
+  return out
 
 
 def stage_batches(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str, epoch: int,
@@ -835,8 +875,15 @@ def stage_batches(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str, e
   """The static-shape batches of one epoch of ``stage`` (module docstring), in an order fixed by
   ``(cfg.seed, stage, epoch)`` alone, as ``jaxrec.train.loop`` needs for exact resumption.
 
-  Every epoch is a fresh permutation of the pairs (stage 1) or of each group (stage 2, the smaller group
-  cycled); the last batch is filled from the next permutation instead of being masked.
+  * stage 1: a fresh permutation of the pairs; the last batch is filled from the next permutation.
+  * stage 2: each group's rows are visited once per epoch, bucketed by length (:func:`_bucketed_plan`):
+    a batch is ``batch_inactive`` (``batch_active``) rows of similar length padded to
+    :func:`bucket_width` of its longest one, the group's last batch filled with fully masked rows. A step
+    carries ONE group (``{"inactive": ...}`` or ``{"active": ...}``); the batches of both groups are
+    shuffled together. Over an epoch this takes every step of Eq. 11 + Eq. 12 once, each group's loss
+    being a mean over its batch's real steps.
+  * single stage: a permutation of the pairs per step, with full-width batches of both groups cycled
+    alongside (the smaller numbers of group rows are repeated to match the pair steps).
   """
   rng = np.random.default_rng([cfg.seed, STAGES.index(stage), epoch])
   extra = {} if item_features is None else {"item_features": item_features}
@@ -846,14 +893,20 @@ def stage_batches(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str, e
     for idx in _epoch_order(rng, n_pairs, cfg.batch_stage1, steps):
       yield {"user": data.pair_user[idx], "item": data.pair_item[idx], **extra}
     return
+  if stage == "stage2":
+    plan = (_bucketed_plan(rng, data, "inactive", cfg.batch_inactive)
+            + _bucketed_plan(rng, data, "active", cfg.batch_active))
+    sizes = {"inactive": cfg.batch_inactive, "active": cfg.batch_active}
+    for i in rng.permutation(len(plan)):
+      group, rows, length = plan[i]
+      yield {group: _group_batch(data, group, rows, length, sizes[group]), **extra}
+    return
   o_in = _epoch_order(rng, data.in_user.shape[0], cfg.batch_inactive, steps)
   o_act = _epoch_order(rng, data.act_user.shape[0], cfg.batch_active, steps)
-  o_pair = _epoch_order(rng, n_pairs, cfg.batch_stage1, steps) if stage == "single" else None
+  o_pair = _epoch_order(rng, n_pairs, cfg.batch_stage1, steps)
   for s in range(steps):
-    batch = {"inactive": data.group("inactive", o_in[s]), "active": data.group("active", o_act[s]), **extra}
-    if o_pair is not None:
-      batch["pairs"] = {"user": data.pair_user[o_pair[s]], "item": data.pair_item[o_pair[s]]}
-    yield batch
+    yield {"inactive": data.group("inactive", o_in[s]), "active": data.group("active", o_act[s]),
+           "pairs": {"user": data.pair_user[o_pair[s]], "item": data.pair_item[o_pair[s]]}, **extra}
 
 
 def _is_scalar(v: Any) -> bool:
