@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxrec import io
 from jaxrec.data import datasets, preprocess, splits
-from jaxrec.data.log import InteractionLog
+from jaxrec.data.log import DataError, InteractionLog
 from jaxrec.eval.queries import Queries
 
 
@@ -80,6 +80,20 @@ def define_data_flags(default_split: str, workdir: Optional[str], splits_allowed
   flags.DEFINE_string("workdir", workdir, "Output directory (results.json, checkpoints, figures).")
   flags.DEFINE_integer("seed", 0, "The one seed: data generation and order, sampling, init.")
   flags.DEFINE_string("cache_dir", None, "Cache for public files (default ~/.cache/jaxrec or $JAXREC_CACHE).")
+
+
+def friendly_errors(main):
+  """Wraps a binary's ``main``: bad input (``DataError``) ends the program with its message, no traceback."""
+  import functools  # pylint: disable=import-outside-toplevel
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except DataError as e:
+      raise SystemExit(f"error: {e}") from None
+
+  return wrapped
 
 
 def flag_values() -> dict:

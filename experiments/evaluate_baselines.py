@@ -64,6 +64,7 @@ EXPERIMENT = Experiment(name="baselines", title="Datasets and non-learned baseli
                         order=10)
 
 
+@common.friendly_errors
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name

@@ -136,6 +136,7 @@ EXPERIMENT = Experiment(name="base_models", title="Base recommenders (foundation
                         order=20)
 
 
+@common.friendly_errors
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name

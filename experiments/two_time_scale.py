@@ -555,6 +555,7 @@ def _define_flags():
   return flags.FLAGS
 
 
+@common.friendly_errors
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top

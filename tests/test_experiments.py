@@ -61,3 +61,15 @@ def test_main_job_writes_report(tmp_path):
   assert "Non-learned baselines" in report and "python -m experiments.evaluate_baselines" in report
   results = json.loads((tmp_path / "results.json").read_text())
   assert "error" not in results["experiments"]["baselines"]
+
+
+def test_binaries_report_bad_input_without_traceback(tmp_path):
+  import subprocess
+  import sys
+  bad = tmp_path / "ratings.csv"
+  bad.write_text("userId,movieId,rating,timestamp\n1,2,3.0,abc\n")
+  proc = subprocess.run([sys.executable, "-m", "experiments.evaluate_baselines", f"--dataset=ml-25m:{bad}",
+                         f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert f"error: {bad}, line 2, column 'timestamp'" in proc.stderr
+  assert "Traceback" not in proc.stderr
