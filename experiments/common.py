@@ -104,7 +104,10 @@ def flag_values() -> dict:
 
 
 def this_command() -> str:
-  return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv])
+  """The command line of the running binary, as ``python -m MODULE ...`` when run with ``-m``."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+  return " ".join(shlex.quote(a) for a in head + sys.argv[1:])
 
 
 def write_results(workdir: str, results: dict) -> str:
