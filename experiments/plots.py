@@ -15,8 +15,7 @@ from jaxrec import io  # noqa: E402  pylint: disable=wrong-import-position
 def save(fig, path: str) -> str:
   """Writes ``fig`` as PNG atomically and closes it."""
   fig.tight_layout()
-  with io.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=110, format="png")
+  io.save_figure(fig, path)
   plt.close(fig)
   return path
 

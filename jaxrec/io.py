@@ -47,6 +47,13 @@ def atomic_write_text(path: str, text: str) -> None:
       f.write(text)
 
 
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+  """Saves a matplotlib figure as PNG atomically (``bbox_inches="tight"``); returns ``path``."""
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+  return path
+
+
 def _to_builtin(obj: Any) -> Any:
   if isinstance(obj, dict):
     return {str(k): _to_builtin(v) for k, v in obj.items()}

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 from absl import app, flags
 
+from jaxrec import io
 from theory import two_time_scale
 
 
@@ -31,17 +31,6 @@ def _optional_tree_bounds():
     return None
   return tree_bounds
 
-
-def _atomic_write(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def build_report(workdir: str, quick: bool = False) -> dict:
@@ -65,8 +54,8 @@ def build_report(workdir: str, quick: bool = False) -> dict:
   if tree is None:
     md.append("(theory.tree_bounds not available: section skipped.)")
   results["seconds"] = timings
-  _atomic_write(os.path.join(workdir, "theory.md"), "\n".join(md) + "\n")
-  _atomic_write(os.path.join(workdir, "theory.json"),
+  io.atomic_write_text(os.path.join(workdir, "theory.md"), "\n".join(md) + "\n")
+  io.atomic_write_text(os.path.join(workdir, "theory.json"),
                 json.dumps(two_time_scale.to_jsonable(results), indent=1))
   return results
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import time
 from fractions import Fraction
 from typing import Any
@@ -33,6 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxrec import io
 
 from jaxrec.retrieval import beam_search as bs
 from jaxrec.retrieval import tree as tree_lib
@@ -411,12 +412,7 @@ def rademacher_pi1_linear(seed: int, m: int, dim: int, num_eps: int, b0: float =
 
 
 def _save_fig(fig, workdir: str, name: str) -> str:
-  path = os.path.join(workdir, name)
-  fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".png")
-  os.close(fd)
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  os.replace(tmp, path)
-  return path
+  return io.save_figure(fig, os.path.join(workdir, name))
 
 
 def _fmt_frac(f) -> str:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxrec import io
 from jax.scipy.special import zeta
 
 # ----------------------------------------------------------------------------------------------------------
@@ -346,13 +347,6 @@ def simulate_setting_a(key, setting, pop, alpha, n, t_max, t_grid, gamma_mode="p
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _atomic_savefig(fig, path):
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".png")
-  os.close(fd)
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  os.replace(tmp, path)
-
-
 def to_jsonable(x: Any):
   """Converts numpy/jax arrays and scalars in nested dicts/lists to JSON-serialisable Python values."""
   if isinstance(x, dict):
@@ -542,7 +536,7 @@ def run_section(workdir: str, quick: bool = False) -> dict:
     ax.set(xlabel="t*", ylabel="beta(t*) / Var_m", title="beta: corrected t** (--), printed (:)")
     ax.legend(fontsize=7)
     path = os.path.join(workdir, "2ts_beta.png")
-    _atomic_savefig(fig, path)
+    io.save_figure(fig, path)
     plt.close(fig)
     figs.append(path)
 
@@ -570,7 +564,7 @@ def run_section(workdir: str, quick: bool = False) -> dict:
         ax.set(xlabel="T", title="Prop. A.1: projected SGD, step 1/(ct)")
         ax.legend(fontsize=7)
         path = os.path.join(workdir, "2ts_prop_a1.png")
-        _atomic_savefig(fig, path)
+        io.save_figure(fig, path)
         plt.close(fig)
         figs.append(path)
       configs = [(2.0, 200)] if quick or spread != 2.0 else [(1.5, 200), (2.0, 200), (2.5, 200), (2.0, 50),
@@ -629,7 +623,7 @@ def run_section(workdir: str, quick: bool = False) -> dict:
     axes[1].set(xlabel="t*", title="E||phi_1 - phi*||^2 (o) vs beta(t*) (--)")
     axes[0].legend(fontsize=6)
     path = os.path.join(workdir, "2ts_setting_a.png")
-    _atomic_savefig(fig, path)
+    io.save_figure(fig, path)
     plt.close(fig)
     figs.append(path)
   res["seconds"] = time.time() - t0
