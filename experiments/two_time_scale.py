@@ -183,45 +183,31 @@ def _query_vectors(cfg, params, data, s: _Setup):
   return eq, tts.item_table(cfg, params, s.feats)
 
 
-def _curve_callback(cfg, data, s: _Setup) -> Callable:
-  """Per-epoch valid/test MRR (sampled) on the curve subsets; stage-1 epochs are scored as CCF."""
-  ccf = dataclasses.replace(cfg, variant="ccf")
+def _valid_fn(cfg, data, s: _Setup, with_test: bool = False) -> Callable:
+  """Per-epoch sampled MRR on the curve subsets: ``"mrr"`` (validation) keeps each stage's best epoch.
 
-  def callback(stage, epoch, params):
-    del epoch
-    c = ccf if stage == "stage1" else cfg
-    eq, table = _query_vectors(c, params, data, s)
-    out = {}
-    for name, (idx, q, proto), offset in (("valid", s.curve_valid, 0), ("test", s.curve_test, s.num_valid)):
-      queries = _with_vecs(q, eq.user_vec[offset + idx])
-      out[f"{name}_MRR"] = _sampled_mrr(tts.make_score_fn(table), queries, proto, s.prep.num_items)
-    return out
-
-  return callback
-
-
-def _valid_fn(cfg, data, s: _Setup) -> Callable:
-  """Validation MRR (sampled) on the curve subset after each epoch: keeps each stage's best epoch.
-
-  Stage-1 epochs are scored as CCF (the static phi_u), later stages with the variant's own queries.
+  With ``with_test`` the same query vectors also give ``"test_MRR"`` (Fig. 2 only; never used for
+  selection), so one evaluation rollout per epoch serves both. Stage-1 epochs are scored as CCF (the
+  static phi_u), later stages with the variant's own queries.
   """
   ccf = dataclasses.replace(cfg, variant="ccf")
-  idx, q, proto = s.curve_valid
+  curves = [("mrr", s.curve_valid, 0)] + ([("test_MRR", s.curve_test, s.num_valid)] if with_test else [])
 
   def eval_fn(stage, params):
     eq, table = _query_vectors(ccf if stage == "stage1" else cfg, params, data, s)
-    return {"mrr": _sampled_mrr(tts.make_score_fn(table), _with_vecs(q, eq.user_vec[idx]), proto,
-                                s.prep.num_items)}
+    score_fn = tts.make_score_fn(table)
+    return {name: _sampled_mrr(score_fn, _with_vecs(q, eq.user_vec[offset + idx]), proto, s.prep.num_items)
+            for name, (idx, q, proto), offset in curves}
 
   return eval_fn
 
 
-def _train_tts(cfg, s: _Setup, callback=None, workdir=None, data=None):
+def _train_tts(cfg, s: _Setup, workdir=None, data=None, with_test_curve: bool = False):
   """Trains one variant, keeping each stage's best epoch on validation MRR."""
   if data is None:
     data = tts.prepare_training_data(s.prep.split.train, cfg.t_star, cfg.k)
   t0 = time.perf_counter()
-  res = tts.train(cfg, s.prep.split.train, callback=callback, eval_fn=_valid_fn(cfg, data, s), metric="mrr",
+  res = tts.train(cfg, s.prep.split.train, eval_fn=_valid_fn(cfg, data, s, with_test_curve), metric="mrr",
                   workdir=workdir)
   return res, time.perf_counter() - t0
 
@@ -314,9 +300,8 @@ def run_dataset(spec: str, opts: Options, *, workdir: Optional[str] = None, cach
   for variant in opts.variants:
     cfg = opts.tts_config(variant, t_star, min(k, max(t_star, 1)))
     data = tts.prepare_training_data(s.prep.split.train, cfg.t_star, cfg.k)
-    cb = _curve_callback(cfg, data, s) if variant == "2ts" else None
     ckpt = os.path.join(workdir, "checkpoints", name, variant) if (checkpoints and workdir) else None
-    res, sec = _train_tts(cfg, s, cb, ckpt, data)
+    res, sec = _train_tts(cfg, s, ckpt, data, with_test_curve=variant == "2ts")
     test, valid, eq = _evaluate_tts(cfg, res, s)
     rec = {"config": dataclasses.asdict(cfg), "train_seconds": sec, "test": test, "valid": valid,
            "history": res.history}
@@ -372,7 +357,7 @@ def make_figures(res: dict, workdir: str, prefix: str = "") -> list[str]:
   fig, ax = plt.subplots(figsize=(6, 4))
   hist = res["tts"].get("2ts", {}).get("history", [])
   for stage, style in (("stage1", "o-"), ("stage2", "s-")):
-    pts = [(r["wall_time"], r["test_MRR"], r["valid_MRR"]) for r in hist if r.get("stage") == stage
+    pts = [(r["wall_time"], r["test_MRR"], r["mrr"]) for r in hist if r.get("stage") == stage
            and "test_MRR" in r]
     if pts:
       t, te, va = zip(*pts)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -54,26 +55,28 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
   return path
 
 
-def _to_builtin(obj: Any) -> Any:
-  if isinstance(obj, dict):
-    return {str(k): _to_builtin(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_to_builtin(v) for v in obj]
-  if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
-    arr = np.asarray(obj)
-    return arr.item() if arr.ndim == 0 else arr.tolist()
-  if isinstance(obj, (np.integer,)):
-    return int(obj)
-  if isinstance(obj, (np.floating,)):
-    return float(obj)
-  return obj
-
-
 def to_json_compatible(obj: Any) -> Any:
-  """Converts numpy/jax scalars and arrays inside ``obj`` to plain Python."""
-  return _to_builtin(obj)
+  """Plain-Python copy of ``obj`` for JSON: mappings, sequences, numpy/jax arrays and scalars.
+
+  Non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"`` so every file jaxrec writes is
+  strict JSON (``json.dumps`` would otherwise emit the non-standard ``NaN``).
+  """
+  if isinstance(obj, Mapping):
+    return {str(k): to_json_compatible(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_json_compatible(v) for v in obj]
+  if obj is None or isinstance(obj, (bool, str, bytes)):
+    return obj
+  if isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
+    arr = np.asarray(obj)
+    return to_json_compatible(arr.item() if arr.ndim == 0 else arr.tolist())
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return repr(obj)
+  return obj
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
   """Writes ``obj`` (numpy/jax values allowed) as indented JSON, atomically."""
-  atomic_write_text(path, json.dumps(_to_builtin(obj), indent=2, sort_keys=False) + "\n")
+  atomic_write_text(path, json.dumps(to_json_compatible(obj), indent=2, sort_keys=False) + "\n")

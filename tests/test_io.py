@@ -27,3 +27,13 @@ def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path):
       raise RuntimeError("killed mid-write")
   assert open(path).read() == "old"
   assert os.listdir(tmp_path) == ["report.md"]
+
+
+def test_json_is_strict_for_non_finite_and_jax_values(tmp_path):
+  import jax.numpy as jnp
+  path = str(tmp_path / "r.json")
+  io.atomic_write_json(path, {"nan": float("nan"), "inf": np.float32(np.inf), "j": jnp.arange(2),
+                              "ok": np.bool_(True)})
+  text = open(path).read()
+  assert "NaN" not in text and "Infinity" not in text
+  assert json.loads(text) == {"nan": "nan", "inf": "inf", "j": [0, 1], "ok": True}

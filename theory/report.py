@@ -56,7 +56,7 @@ def build_report(workdir: str, quick: bool = False) -> dict:
   results["seconds"] = timings
   io.atomic_write_text(os.path.join(workdir, "theory.md"), "\n".join(md) + "\n")
   io.atomic_write_text(os.path.join(workdir, "theory.json"),
-                json.dumps(two_time_scale.to_jsonable(results), indent=1))
+                json.dumps(io.to_json_compatible(results), indent=1))
   return results
 
 

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -347,21 +347,6 @@ def simulate_setting_a(key, setting, pop, alpha, n, t_max, t_grid, gamma_mode="p
 # ----------------------------------------------------------------------------------------------------------
 
 
-def to_jsonable(x: Any):
-  """Converts numpy/jax arrays and scalars in nested dicts/lists to JSON-serialisable Python values."""
-  if isinstance(x, dict):
-    return {str(k): to_jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [to_jsonable(v) for v in x]
-  if isinstance(x, (np.ndarray, jax.Array)):
-    return to_jsonable(np.asarray(x).tolist())
-  if isinstance(x, (np.floating, np.integer, np.bool_)):
-    return x.item()
-  if isinstance(x, float) and not math.isfinite(x):
-    return str(x)
-  return x
-
-
 def check_zeta(alphas, qs):
   """Max relative error of jax's Hurwitz zeta vs mpmath (50 digits) and of scipy vs mpmath on a grid."""
   import mpmath
@@ -628,9 +613,9 @@ def run_section(workdir: str, quick: bool = False) -> dict:
     figs.append(path)
   res["seconds"] = time.time() - t0
   md.append(f"(2TS section: {res['seconds']:.0f} s{', quick' if quick else ''}.)")
-  return dict(markdown="\n".join(md), figures=figs, results=to_jsonable(res))
+  return dict(markdown="\n".join(md), figures=figs, results=io.to_json_compatible(res))
 
 
 def dumps(results) -> str:
   """JSON text of a results dict (numpy/jax arrays converted)."""
-  return json.dumps(to_jsonable(results), indent=1)
+  return json.dumps(io.to_json_compatible(results), indent=1)

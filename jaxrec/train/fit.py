@@ -221,8 +221,6 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
   """
   spec = registry.get(model)
   hp = dict(hparams or {})
-  if spec.name == "sasrec":  # positional table sized to the window, as in the SASRec code
-    hp.setdefault("max_len", config.history_len)
   config = dataclasses.replace(config, history_len=history_len_for(model, config, hp))
   module = spec.make(train.num_users, train.num_items, **hp)
   all_positions = uses_all_positions(spec, config)

@@ -11,26 +11,12 @@ therefore writes exactly the log an uninterrupted run would have written.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, List, Mapping, Optional
 
+from jaxrec import io
+
 METRICS_FILE = "metrics.jsonl"
-
-
-def _to_json(value: Any) -> Any:
-  """Converts numpy/JAX scalars to JSON values; non-finite floats become strings ("nan", "inf")."""
-  if isinstance(value, Mapping):
-    return {str(k): _to_json(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_to_json(v) for v in value]
-  if isinstance(value, (bool, str)) or value is None:
-    return value
-  if hasattr(value, "item"):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return repr(value)
-  return value
 
 
 def read_metrics(path: str) -> List[dict]:
@@ -62,18 +48,13 @@ class MetricsWriter:
     self.path = path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     kept = [] if resume_step is None else [r for r in read_metrics(path) if r["step"] <= resume_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     self.records: List[dict] = kept
     self._file = open(path, "a", encoding="utf-8")
 
   def write(self, record: Mapping[str, Any]) -> dict:
     """Appends one record (converted to JSON values) and flushes it; returns the converted record."""
-    record = _to_json(record)
+    record = io.to_json_compatible(record)
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     self.records.append(record)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from jaxrec import io
 from jaxrec.train import checkpoint as checkpoint_lib
 from jaxrec.train import logging as metrics_log
 from jaxrec.train.state import TrainState
@@ -162,7 +163,7 @@ class _Run:
     if self.writer is not None:
       self.history.append(self.writer.write(rec))
     else:
-      self.history.append(metrics_log._to_json(rec))  # pylint: disable=protected-access
+      self.history.append(io.to_json_compatible(rec))
 
   def drain(self, state: TrainState) -> None:
     """Fetches pending step metrics, raises on the first non-finite one, accumulates the window."""
