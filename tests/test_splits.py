@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from jaxrec.data import splits, synthetic
+from jaxrec.data import preprocess, splits, synthetic
 from jaxrec.data.log import InteractionLog
+from jaxrec.eval.queries import Queries
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,10 @@ def test_periods(log, mode):
     splits.period_ranges(3, 2, 2)
 
 
-def test_leave_last_out(log):
-  s = splits.leave_last_out(log)
+@pytest.mark.parametrize("deduplicate", [True, False])
+def test_leave_last_out(log, deduplicate):
+  s = splits.leave_last_out(log, deduplicate=deduplicate)
+  log = preprocess.deduplicate(log) if deduplicate else log
   _is_partition(log, s)
   counts = log.user_counts()
   eligible = np.flatnonzero(counts >= 3)
@@ -91,8 +94,10 @@ def test_leave_last_out(log):
   assert s.train.user.tolist() == [0, 0, 1] and s.valid.item.tolist() == [1] and s.test.item.tolist() == [2]
 
 
-def test_user_holdout(log):
-  s = splits.user_holdout(log, new_fraction=0.2, valid_fraction=0.1, seed=3)
+@pytest.mark.parametrize("deduplicate", [True, False])
+def test_user_holdout(log, deduplicate):
+  s = splits.user_holdout(log, new_fraction=0.2, valid_fraction=0.1, seed=3, deduplicate=deduplicate)
+  log = preprocess.deduplicate(log) if deduplicate else log
   _is_partition(log, s)
   tr, va, te = (set(np.unique(p.user).tolist()) for p in (s.train, s.valid, s.test))
   assert not (tr & va) and not (tr & te) and not (va & te)
@@ -106,11 +111,14 @@ def test_user_holdout(log):
   assert not np.array_equal(other.info["new_users"], s.info["new_users"])
 
 
-def test_context_holdout(log):
-  s = splits.context_holdout(log, 0.1, 0.1, min_interactions=16, seed=0)
+@pytest.mark.parametrize("deduplicate", [True, False])
+def test_context_holdout(log, deduplicate):
+  frac = 0.05 if deduplicate else 0.1  # only 24 users keep >= 16 distinct items
+  s = splits.context_holdout(log, frac, frac, min_interactions=16, seed=0, deduplicate=deduplicate)
+  log = preprocess.deduplicate(log) if deduplicate else log
   _is_partition(log, s)
   vu, tu = s.info["valid_users"], s.info["test_users"]
-  assert len(vu) == len(tu) == 20 and not set(vu.tolist()) & set(tu.tolist())
+  assert len(vu) == len(tu) == int(frac * 200) and not set(vu.tolist()) & set(tu.tolist())
   counts = log.user_counts()
   assert counts[vu].min() >= 16 and counts[tu].min() >= 16
   np.testing.assert_array_equal(np.unique(s.valid.user), vu)
@@ -144,3 +152,72 @@ def test_prequential(log):
     assert np.all(np.diff(ts) >= 0)  # batches in time order
     np.testing.assert_array_equal(st.log.item[batches["index"][m]], part.item)
   assert st.valid_batches["timestamp"][st.valid_batches["mask"]].max() <= st.test.timestamp.min()
+
+
+# -- tie order (issue 8): equal timestamps keep the file's order, never the item-id order -----------
+
+def _tied_log():
+  """User 0's last two rows share t=5 and arrive as item 9 then item 2 (ids not sorted)."""
+  return InteractionLog.from_arrays([0, 0, 0, 0, 1, 1, 1], [4, 7, 9, 2, 1, 3, 0],
+                                    [1, 2, 5, 5, 1, 2, 3], num_users=2, num_items=10)
+
+
+def test_leave_last_out_ties_follow_arrival_not_item_id():
+  s = splits.leave_last_out(_tied_log())
+  u0 = lambda part: part.item[part.user == 0].tolist()
+  assert u0(s.test) == [2] and u0(s.valid) == [9] and u0(s.train) == [4, 7]
+  assert s.train.item.tolist() == [4, 7, 1]  # parts emitted in (user, time, arrival) order
+
+
+def test_context_holdout_ties_follow_arrival():
+  l = InteractionLog.from_arrays([0] * 4 + [1] * 4, [4, 9, 2, 7, 1, 3, 0, 5], [1, 5, 5, 6, 1, 2, 3, 4],
+                                 num_users=2, num_items=10)
+  s = splits.context_holdout(l, 0.0, 0.5, min_interactions=4, seed=0)
+  (tu,) = s.info["test_users"].tolist()
+  if tu == 0:  # context = first half in arrival order: items 4, 9; truth 2, 7
+    assert s.test.item.tolist() == [2, 7] and s.train.item[s.train.user == 0].tolist() == [4, 9]
+  else:
+    assert s.test.item.tolist() == [0, 5]
+
+
+def test_chronological_and_prequential_ties_follow_arrival():
+  # Neither users nor items are sorted in arrival order.
+  l = InteractionLog.from_arrays([3, 1, 2, 0], [9, 2, 5, 1], [1, 1, 1, 1], num_users=4, num_items=10)
+  s = splits.chronological(l, (0.5, 0.25, 0.25))
+  assert s.train.item.tolist() == [9, 2] and s.valid.item.tolist() == [5] and s.test.item.tolist() == [1]
+  assert splits.prequential(l, 0.5, 0.25, 0.25, batch_size=1).log.item.tolist() == [9, 2, 5, 1]
+  assert [p.item.tolist() for p in splits.periods(l, 2)] == [[9, 2], [5, 1]]
+
+
+def test_shuffled_ties_are_deterministic_per_seed(log):
+  # Coarsen time so that many rows tie; tests/test_order.py checks the permutations themselves.
+  coarse = InteractionLog.from_arrays(log.user, log.item, log.timestamp // 10**6,
+                                      num_users=log.num_users, num_items=log.num_items)
+  a, b, c = (splits.leave_last_out(coarse, tie_order="shuffle", tie_seed=k) for k in (0, 0, 1))
+  np.testing.assert_array_equal(a.test.item, b.test.item)
+  assert not np.array_equal(a.test.item, c.test.item)
+  _is_partition(preprocess.deduplicate(coarse), c)
+  with pytest.raises(ValueError, match="ties"):
+    splits.leave_last_out(coarse, tie_order="item")
+
+
+# -- repeats: the library path must not give known items as test positives --------------------------
+
+def test_library_leave_last_out_deduplicates_by_default(log):
+  """``splits.leave_last_out(log)`` on raw synthetic data: no test positive is a known item."""
+  for s in (splits.leave_last_out(log), splits.make_split(log, "leave_last_out")):
+    q = Queries.from_log(s.test, [s.train, s.valid])
+    assert len(q) > 0 and not q.positive_is_known().any()
+    assert not Queries.from_log(s.valid, [s.train]).positive_is_known().any()
+    assert s.info["deduplicated"] and s.info["duplicates_dropped"] > 0
+  raw = splits.leave_last_out(log, deduplicate=False)  # the documented opt-out keeps repeats
+  assert Queries.from_log(raw.test, [raw.train, raw.valid]).positive_is_known().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["user_holdout", "context_holdout"])
+def test_library_holdouts_deduplicate_by_default(log, name):
+  options = {"valid_fraction": 0.05, "test_fraction": 0.05} if name == "context_holdout" else {}
+  s = splits.make_split(log, name, seed=0, **options)
+  assert len(s.test) > 0 and not Queries.from_log(s.test, [s.train, s.valid]).positive_is_known().any()
+  key = s.test.user.astype(np.int64) * log.num_items + s.test.item
+  assert np.unique(key).size == key.size

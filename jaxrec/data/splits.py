@@ -12,6 +12,20 @@ Every split keeps the index space of its input (``num_users``, ``num_items``,
   and second half ground truth (tree paper 004, Appendix "experimental settings").
 * :func:`prequential`: time-ordered offline prefix then a stream of fixed-size
   mini-batches for validation and test (MeLON paper 002: 95% / 0.5% / 4.5%).
+
+**Order.** Every split orders rows with :mod:`jaxrec.data.order`: by timestamp, rows with equal
+timestamps in arrival order (the log's row order, i.e. the file's), or shuffled with
+``tie_order="shuffle"`` and ``tie_seed``. Ties are never broken by item id (that order made the
+held-out item predictable from its id, issue 8). Each part is emitted in that order, so a consumer
+that orders a part (or ``train.concat(valid)``) by arrival recovers the split's order.
+
+**Repeats.** :func:`leave_last_out`, :func:`user_holdout` and :func:`context_holdout` evaluate
+"the next item" of a user, so by default (``deduplicate=True``) they first keep only the earliest of
+repeated (user, item) rows (:func:`jaxrec.data.preprocess.deduplicate`), as the TP/SASRec protocols
+do: a test positive is then never an item the user already had in train or validation. Pass
+``deduplicate=False`` only for a protocol that evaluates repeat consumption. The whole protocol
+(split, de-duplication, ties, exclusions, negatives) of each paper is one object in
+:mod:`jaxrec.eval.paper_protocols`.
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxrec.data import order as order_lib
+from jaxrec.data import preprocess
 from jaxrec.data.log import DataError, InteractionLog
 
 
@@ -46,18 +62,33 @@ def _check_nonempty(log: InteractionLog, what: str):
     raise DataError(f"{log.name}: {what} needs a non-empty log")
 
 
-def _time_order(log: InteractionLog) -> np.ndarray:
-  """Row order by (timestamp, user, item, row): deterministic time order."""
-  return np.lexsort((np.arange(len(log)), log.item, log.user, log.timestamp))
+def _time_order(log: InteractionLog, tie_order: str, tie_seed: int) -> np.ndarray:
+  """Global time order, ties in arrival order or shuffled (:func:`jaxrec.data.order.time_order`)."""
+  return order_lib.time_order(log.timestamp, ties=tie_order, seed=tie_seed)
+
+
+def _positions(log: InteractionLog, tie_order: str, tie_seed: int) -> order_lib.UserPositions:
+  """Per-user time order (:func:`jaxrec.data.order.user_positions`)."""
+  return order_lib.user_positions(log.user, log.timestamp, log.num_users, ties=tie_order,
+                                  seed=tie_seed)
+
+
+def _maybe_deduplicate(log: InteractionLog, deduplicate: bool) -> tuple[InteractionLog, int]:
+  """The log with repeated (user, item) rows dropped (earliest kept) if asked; and how many went."""
+  if not deduplicate:
+    return log, 0
+  out = preprocess.deduplicate(log, keep="first")
+  return out, len(log) - len(out)
 
 
 def chronological(log: InteractionLog, ratios: Sequence[float] = (0.7, 0.1, 0.2),
-                  ties: str = "split") -> Split:
+                  ties: str = "split", tie_order: str = "arrival", tie_seed: int = 0) -> Split:
   """Global time-ordered split by ratios (2TS paper 000, Sec. 5).
 
-  Rows are ordered by ``(timestamp, user, item)``; the first ``floor(r0 n)`` go to
-  train, the next ``floor((r0 + r1) n) - floor(r0 n)`` to validation, the rest to
-  test. Hence ``max(train.t) <= min(valid.t) <= min(test.t)`` always.
+  Repeated (user, item) rows are kept (2TS predicts every interaction, repeats included).
+  Rows are ordered by timestamp, ties in arrival order (module docstring); the
+  first ``floor(r0 n)`` go to train, the next ``floor((r0 + r1) n) - floor(r0 n)``
+  to validation, the rest to test. Hence ``max(train.t) <= min(valid.t) <= min(test.t)`` always.
 
   Args:
     log: the log.
@@ -66,6 +97,8 @@ def chronological(log: InteractionLog, ratios: Sequence[float] = (0.7, 0.1, 0.2)
       timestamp may land on both sides, deterministically, as in RecBole's
       ``TO`` ordering); ``"earlier"`` moves every row tied with the last row of
       a part into that part, so the inequalities above become strict.
+    tie_order: order of rows with equal timestamps, ``"arrival"`` or ``"shuffle"``.
+    tie_seed: seed of ``tie_order="shuffle"``.
 
   Returns:
     A :class:`Split` with ``info["boundaries"]`` (row counts) and
@@ -77,7 +110,7 @@ def chronological(log: InteractionLog, ratios: Sequence[float] = (0.7, 0.1, 0.2)
     raise ValueError(f"chronological: ratios must be 3 non-negative numbers summing to 1, got {ratios}")
   if ties not in ("split", "earlier"):
     raise ValueError(f"chronological: ties must be 'split' or 'earlier', got {ties!r}")
-  order = _time_order(log)
+  order = _time_order(log, tie_order, tie_seed)
   ts = log.timestamp[order]
   n = len(log)
   cuts = np.floor(np.cumsum(ratios)[:2] * n + 1e-9).astype(np.int64)
@@ -86,19 +119,23 @@ def chronological(log: InteractionLog, ratios: Sequence[float] = (0.7, 0.1, 0.2)
   a, b = int(cuts[0]), int(cuts[1])
   parts = [log.take(order[:a]), log.take(order[a:b]), log.take(order[b:])]
   info = {"ratios": tuple(ratios.tolist()), "boundaries": (a, b), "ties": ties,
+          "tie_order": tie_order,
           "boundary_times": (int(ts[a]) if a < n else None, int(ts[b]) if b < n else None)}
   return Split(*parts, protocol="chronological", info=info)
 
 
-def periods(log: InteractionLog, num_periods: int, mode: str = "count") -> list[InteractionLog]:
+def periods(log: InteractionLog, num_periods: int, mode: str = "count", tie_order: str = "arrival",
+            tie_seed: int = 0) -> list[InteractionLog]:
   """Splits a log into consecutive periods ``D_0 .. D_{T}`` (SML paper 003, Sec. 2).
 
   Args:
     log: the log.
     num_periods: number of periods.
     mode: ``"count"``: equal numbers of interactions per period (time order,
-      ties by user/item); ``"calendar"``: equal time spans between the first
+      ties in arrival order); ``"calendar"``: equal time spans between the first
       and last timestamp (a period may then be empty).
+    tie_order: order of rows with equal timestamps, ``"arrival"`` or ``"shuffle"``.
+    tie_seed: seed of ``tie_order="shuffle"``.
 
   Returns:
     ``num_periods`` logs in time order; every row of ``D_t`` is no later than
@@ -107,7 +144,7 @@ def periods(log: InteractionLog, num_periods: int, mode: str = "count") -> list[
   _check_nonempty(log, "periods")
   if num_periods < 1:
     raise ValueError(f"periods: num_periods must be >= 1, got {num_periods}")
-  order = _time_order(log)
+  order = _time_order(log, tie_order, tie_seed)
   if mode == "count":
     if num_periods > len(log):
       raise DataError(f"{log.name}: periods(num_periods={num_periods}) exceeds the {len(log)} interactions")
@@ -141,45 +178,51 @@ def period_ranges(num_periods: int, num_valid: int = 1, num_test: int = 1,
           "test": range(first_valid + num_valid, num_periods)}
 
 
-def _positions_in_user(log: InteractionLog, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """For rows in ``order`` (grouped by user): position within the user and the user's count."""
-  counts = log.user_counts()
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  users = log.user[order]
-  return np.arange(order.size) - starts[users], counts[users]
-
-
-def leave_last_out(log: InteractionLog) -> Split:
+def leave_last_out(log: InteractionLog, deduplicate: bool = True, tie_order: str = "arrival",
+                   tie_seed: int = 0) -> Split:
   """Per user: last interaction -> test, second to last -> validation, rest -> train (TP paper 001).
 
-  A user's rows are ordered by ``(timestamp, item, row)``. Users with fewer than
-  3 interactions keep all their rows in train (they have no valid/test row);
-  ``info["eval_users"]`` lists the users that have one.
+  A user's rows are ordered by timestamp, ties in arrival order (module docstring; never by item
+  id). Users with fewer than 3 interactions keep all their rows in train (they have no valid/test
+  row); ``info["eval_users"]`` lists the users that have one.
+
+  Args:
+    log: the log.
+    deduplicate: first keep only the earliest of repeated (user, item) rows (default), so that no
+      test or validation positive is an item the user already had. **With ``False``, a repeated
+      item can be a test positive that is also a known (training) item.**
+    tie_order: order of rows with equal timestamps, ``"arrival"`` or ``"shuffle"``.
+    tie_seed: seed of ``tie_order="shuffle"``.
   """
   _check_nonempty(log, "leave_last_out")
-  order = np.lexsort((np.arange(len(log)), log.item, log.timestamp, log.user))
-  pos, count = _positions_in_user(log, order)
-  from_end = count - 1 - pos
-  eligible = count >= 3
+  log, dropped = _maybe_deduplicate(log, deduplicate)
+  up = _positions(log, tie_order, tie_seed)
+  order, from_end = up.order, up.from_end
+  eligible = up.count >= 3
   test = eligible & (from_end == 0)
   valid = eligible & (from_end == 1)
   train = ~(test | valid)
-  info = {"eval_users": np.unique(log.user[order[test]]), "min_interactions": 3}
+  info = {"eval_users": np.unique(log.user[order[test]]), "min_interactions": 3,
+          "deduplicated": deduplicate, "duplicates_dropped": dropped, "tie_order": tie_order}
   return Split(log.take(order[train]), log.take(order[valid]), log.take(order[test]),
                protocol="leave_last_out", info=info)
 
 
 def user_holdout(log: InteractionLog, new_fraction: float = 0.2, valid_fraction: float = 0.0,
-                 seed: int = 0) -> Split:
+                 seed: int = 0, deduplicate: bool = True, tie_order: str = "arrival",
+                 tie_seed: int = 0) -> Split:
   """Existing vs new users (TP paper 001: 80% existing, 20% new).
 
   Users present in the log are permuted with ``np.random.default_rng(seed)``; the
   first ``round(new_fraction * U)`` are new (all their rows -> test), the next
   ``round(valid_fraction * U)`` validation users (all rows -> valid), the rest
   existing (train). ``info`` holds ``new_users``, ``valid_users``, ``existing_users``
-  (sorted int arrays).
+  (sorted int arrays). Each part's rows are grouped by user in time order (ties per
+  ``tie_order``). ``deduplicate`` (default True) first keeps the earliest of repeated
+  (user, item) rows, as in :func:`leave_last_out`.
   """
   _check_nonempty(log, "user_holdout")
+  log, dropped = _maybe_deduplicate(log, deduplicate)
   if new_fraction < 0 or valid_fraction < 0 or new_fraction + valid_fraction >= 1:
     raise ValueError(f"user_holdout: need fractions >= 0 summing to < 1, got new={new_fraction}, "
                      f"valid={valid_fraction}")
@@ -193,13 +236,17 @@ def user_holdout(log: InteractionLog, new_fraction: float = 0.2, valid_fraction:
   group = np.zeros(log.num_users, np.int8)  # 0 train, 1 valid, 2 test
   group[valid_users] = 1
   group[new] = 2
-  g = group[log.user]
-  info = {"new_users": new, "valid_users": valid_users, "existing_users": existing, "seed": seed}
-  return Split(log.take(g == 0), log.take(g == 1), log.take(g == 2), protocol="user_holdout", info=info)
+  order = _positions(log, tie_order, tie_seed).order
+  g = group[log.user[order]]
+  info = {"new_users": new, "valid_users": valid_users, "existing_users": existing, "seed": seed,
+          "deduplicated": deduplicate, "duplicates_dropped": dropped, "tie_order": tie_order}
+  return Split(log.take(order[g == 0]), log.take(order[g == 1]), log.take(order[g == 2]),
+               protocol="user_holdout", info=info)
 
 
 def context_holdout(log: InteractionLog, valid_fraction: float = 0.1, test_fraction: float = 0.1,
-                    min_interactions: int = 16, seed: int = 0) -> Split:
+                    min_interactions: int = 16, seed: int = 0, deduplicate: bool = True,
+                    tie_order: str = "arrival", tie_seed: int = 0) -> Split:
   """Disjoint validation/test users with a context half (tree paper 004, Appendix).
 
   Users with ``>= min_interactions`` rows are eligible; ``round(valid_fraction *
@@ -207,9 +254,11 @@ def context_holdout(log: InteractionLog, valid_fraction: float = 0.1, test_fract
   them (``np.random.default_rng(seed)``). For each held-out user, the first
   ``floor(n / 2)`` rows in time order are context and go to train; the rest are
   the ground truth in valid/test. All other users' rows are train.
-  ``info``: ``valid_users``, ``test_users``.
+  ``info``: ``valid_users``, ``test_users``. Time order and ``deduplicate`` (default True:
+  a ground-truth item is never one of the user's context items) as in :func:`leave_last_out`.
   """
   _check_nonempty(log, "context_holdout")
+  log, dropped = _maybe_deduplicate(log, deduplicate)
   counts = log.user_counts()
   present = np.flatnonzero(counts)
   eligible = np.flatnonzero(counts >= max(min_interactions, 2))
@@ -224,13 +273,14 @@ def context_holdout(log: InteractionLog, valid_fraction: float = 0.1, test_fract
   group = np.zeros(log.num_users, np.int8)
   group[valid_users] = 1
   group[test_users] = 2
-  order = np.lexsort((np.arange(len(log)), log.item, log.timestamp, log.user))
-  pos, count = _positions_in_user(log, order)
-  g = group[log.user[order]]
-  truth = pos >= count // 2
+  up = _positions(log, tie_order, tie_seed)
+  order = up.order
+  g = group[up.user]
+  truth = up.position >= up.count // 2
   train = (g == 0) | ~truth
   info = {"valid_users": valid_users, "test_users": test_users, "min_interactions": min_interactions,
-          "seed": seed}
+          "seed": seed, "deduplicated": deduplicate, "duplicates_dropped": dropped,
+          "tie_order": tie_order}
   return Split(log.take(order[train]), log.take(order[(g == 1) & truth]), log.take(order[(g == 2) & truth]),
                protocol="context_holdout", info=info)
 
@@ -284,11 +334,11 @@ def _stream_batches(log: InteractionLog, lo: int, hi: int, batch_size: int) -> d
 
 
 def prequential(log: InteractionLog, offline: float = 0.95, valid: float = 0.005, test: float = 0.045,
-                batch_size: int = 256) -> Stream:
+                batch_size: int = 256, tie_order: str = "arrival", tie_seed: int = 0) -> Stream:
   """Time-ordered prequential protocol (MeLON paper 002: 95% / 0.5% / 4.5%).
 
-  Rows ordered by ``(timestamp, user, item)``; the first ``floor(offline n)`` rows
-  pre-train offline, the next ``floor((offline + valid) n) - floor(offline n)``
+  Rows ordered by timestamp, ties in arrival order (or ``tie_order="shuffle"``);
+  the first ``floor(offline n)`` rows pre-train offline, the next ``floor((offline + valid) n) - floor(offline n)``
   are the validation stream (model selection), the rest the test stream. Each
   stream is cut into ``batch_size`` mini-batches in time order (test-then-train
   on each batch is the consumer's job).
@@ -299,7 +349,7 @@ def prequential(log: InteractionLog, offline: float = 0.95, valid: float = 0.005
     raise ValueError(f"prequential: offline, valid, test must be >= 0 and sum to 1, got {fr.tolist()}")
   if batch_size < 1:
     raise ValueError(f"prequential: batch_size must be >= 1, got {batch_size}")
-  slog = log.take(_time_order(log))
+  slog = log.take(_time_order(log, tie_order, tie_seed))
   n = len(slog)
   a = int(np.floor(offline * n + 1e-9))
   b = int(np.floor((offline + valid) * n + 1e-9))
