@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxrec.data import samplers, synthetic
+from jaxrec.data import samplers, splits, synthetic
 from jaxrec.data.log import DataError, InteractionLog
 
 
@@ -60,24 +60,26 @@ def test_negatives_distribution_and_errors():
     samplers.sample_negatives(rng, [1], 1, 10, csr, np.eye(10)[9])
 
 
-def test_offer_sets():
-  rng = np.random.default_rng(1)
-  pos = rng.integers(0, 5, 5_000).astype(np.int32)
-  o = samplers.offer_sets(rng, pos, 4, 5)
-  chex.assert_shape(o, (5_000, 5))
-  np.testing.assert_array_equal(o[:, 0], pos)
-  assert not np.any(o[:, 1:] == pos[:, None])
-  # Uniform over the other 4 items.
-  freq = np.bincount((o[:, 1:] - pos[:, None]).ravel() % 5, minlength=5) / o[:, 1:].size
-  np.testing.assert_allclose(freq, [0, 0.25, 0.25, 0.25, 0.25], atol=0.02)
-  o = samplers.offer_sets(rng, pos, 3, 5, popularity=np.ones(5))
-  assert not np.any(o[:, 1:] == pos[:, None])
-  log = _random_log(0, n=100, items=30)
-  users = log.user[:50]
-  o = samplers.offer_sets(rng, log.item[:50], 6, 30, users=users, known_csr=log.user_item_csr())
-  csr = log.user_item_csr()
-  for u, row in zip(users, o):
-    assert not set(row[1:].tolist()) & set(csr[1][csr[0][u]:csr[0][u + 1]].tolist())
+def test_sequences_follow_arrival_order_on_time_ties():
+  """Equal timestamps keep the file order (item 9 then item 2), never the item-id order (issue 8)."""
+  log = InteractionLog.from_arrays([0, 0, 0, 1, 1], [4, 9, 2, 8, 1], [1, 5, 5, 3, 3], num_users=2,
+                                   num_items=10)
+  w = samplers.last_windows(log, 3, pad_id=-1)
+  assert w.history[2].tolist() == [-1, 4, 9] and w.history[1].tolist() == [-1, -1, 4]
+  assert w.history[4].tolist() == [-1, -1, 8]
+  h, _ = samplers.user_histories(log, 3, pad_id=-1)
+  assert h.tolist() == [[4, 9, 2], [-1, 8, 1]]
+  # train.concat(valid): the valid row is the most recent even when it ties with a larger train id.
+  train, valid = log.take(np.array([0, 1, 3, 4])), log.take(np.array([2]))
+  h, _ = samplers.user_histories(valid, 3, previous=train, pad_id=-1)
+  assert h[0].tolist() == [4, 9, 2]
+  # Split and samplers agree: the validation item ends the test-time history.
+  sp = splits.leave_last_out(log)
+  assert sp.valid.item.tolist() == [9] and sp.test.item.tolist() == [2]
+  h, _ = samplers.user_histories(sp.valid, 3, previous=sp.train, pad_id=-1)
+  assert h[0].tolist() == [-1, 4, 9]
+  batches = next(samplers.per_user_task_batches(None, log, 2, batch_users=2, num_support=1))
+  assert batches["target"][0].tolist() == [2]  # latest support sequence: arrival breaks the tie
 
 
 def _windows_reference(log, length, pad):

@@ -2,8 +2,6 @@
 
 * :func:`sample_negatives`: items a user has not interacted with (uniform or
   popularity-proportional), by vectorised rejection resampling.
-* :func:`offer_sets`: 2TS offer sets ``O(u, i)`` = the clicked item plus ``p``
-  sampled items (paper 000, Eq. 10 / Sec. 3).
 * :func:`last_windows` / :func:`user_histories`: right-aligned last-``L`` item
   histories (sequential models, TP paper 001, tree paper 004).
 * :func:`per_user_task_batches`: TP per-user tasks (paper 001, Sec. 3: each user
@@ -12,7 +10,9 @@
   training", step 1): each interaction's previous interaction of the same user and item.
 * :func:`iterate_batches`: shuffled fixed-size batches with a ``mask`` key.
 
-Every function takes an explicit ``np.random.Generator`` when it is random.
+Every function takes an explicit ``np.random.Generator`` when it is random. A user's rows are
+ordered by :mod:`jaxrec.data.order`: by timestamp, ties in arrival (row) order, never by item id, so
+``train.concat(valid)`` keeps train rows before valid rows among equal timestamps.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from jaxrec.data import order as order_lib
 from jaxrec.data.log import DataError, InteractionLog
 
 
@@ -113,46 +114,6 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, num: int, num_
   return out
 
 
-def offer_sets(rng: np.random.Generator, positives: np.ndarray, p: int, num_items: int,
-               popularity: Optional[np.ndarray] = None, users: Optional[np.ndarray] = None,
-               known_csr: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
-  """2TS offer sets ``O(u, i)``: the clicked item plus ``p`` sampled items (paper 000, Eq. 10).
-
-  Sampled items never equal the row's positive (uniform sampling shifts a draw
-  from ``[0, num_items - 1)`` past the positive, which is exact; popularity
-  sampling redraws collisions). With ``users`` and ``known_csr``, they also avoid
-  every known positive of the user (via :func:`sample_negatives`). Sampled items
-  may repeat within a row.
-
-  Returns:
-    int32 ``[B, 1 + p]`` with the positive in column 0.
-  """
-  positives = np.asarray(positives, np.int32)
-  if num_items < 2:
-    raise DataError(f"offer_sets: need at least 2 items, got num_items={num_items}")
-  b = positives.shape[0]
-  if known_csr is not None:
-    if users is None:
-      raise ValueError("offer_sets: known_csr needs users")
-    # Add the positive to each row's known set so it is excluded too.
-    extra = np.concatenate([known_csr[1], positives])
-    cnt = np.diff(known_csr[0])
-    extra_users = np.concatenate([np.repeat(np.arange(cnt.size), cnt), np.asarray(users, np.int64)])
-    key = np.unique(extra_users.astype(np.int64) * num_items + extra)
-    indptr = np.zeros(cnt.size + 1, np.int64)
-    np.cumsum(np.bincount(key // num_items, minlength=cnt.size), out=indptr[1:])
-    neg = sample_negatives(rng, users, p, num_items, (indptr, (key % num_items).astype(np.int32)),
-                           popularity)
-  elif popularity is None:
-    neg = rng.integers(0, num_items - 1, size=(b, p), dtype=np.int32)
-    neg = neg + (neg >= positives[:, None])
-  else:
-    known = (np.arange(b + 1, dtype=np.int64), np.asarray(positives, np.int32))
-    # Each row is its own "user" whose only known item is its positive.
-    neg = sample_negatives(rng, np.arange(b), p, num_items, known, popularity)
-  return np.concatenate([positives[:, None], neg.astype(np.int32)], axis=1)
-
-
 class Windows(NamedTuple):
   """Right-aligned last-L histories, row ``j`` for row ``j`` of the input log.
 
@@ -167,11 +128,6 @@ class Windows(NamedTuple):
   mask: np.ndarray
   target: np.ndarray
   user: np.ndarray
-
-
-def _user_time_order(log: InteractionLog) -> np.ndarray:
-  """Rows grouped by user, in time order, ties in input row order (stable)."""
-  return np.lexsort((np.arange(len(log)), log.timestamp, log.user))
 
 
 def _right_aligned(items_sorted: np.ndarray, pos: np.ndarray, rows: np.ndarray, length: int,
@@ -200,11 +156,9 @@ def last_windows(log: InteractionLog, length: int, pad_id: int = 0) -> Windows:
   if length < 1:
     raise ValueError(f"last_windows: length must be >= 1, got {length}")
   n = len(log)
-  order = _user_time_order(log)
-  counts = log.user_counts()
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  pos = np.arange(n) - starts[log.user[order]]
-  hist_s, mask_s = _right_aligned(log.item[order], pos, np.arange(n), length, pad_id)
+  up = order_lib.user_positions(log.user, log.timestamp, log.num_users)
+  order = up.order
+  hist_s, mask_s = _right_aligned(log.item[order], up.position, np.arange(n), length, pad_id)
   hist = np.empty_like(hist_s)
   mask = np.empty_like(mask_s)
   hist[order] = hist_s
@@ -232,10 +186,9 @@ def user_histories(log: InteractionLog, length: int, users: Optional[np.ndarray]
   if users is None:
     users = np.arange(full.num_users)
   users = np.asarray(users, np.int64)
-  order = _user_time_order(full)
-  counts = full.user_counts()
-  ends = np.cumsum(counts)
-  return _right_aligned(full.item[order], counts[users], ends[users], length, pad_id)
+  up = order_lib.user_positions(full.user, full.timestamp, full.num_users)
+  ends = up.starts + up.counts
+  return _right_aligned(full.item[up.order], up.counts[users], ends[users], length, pad_id)
 
 
 def per_user_task_batches(rng: Optional[np.random.Generator], log: InteractionLog, length: int,
@@ -263,7 +216,7 @@ def per_user_task_batches(rng: Optional[np.random.Generator], log: InteractionLo
     pref = rng.random(rows.size)
   else:
     pref = np.empty(rows.size)
-    pref[np.lexsort((rows, log.timestamp[rows]))] = -np.arange(rows.size, dtype=np.float64)
+    pref[order_lib.time_order(log.timestamp[rows])] = -np.arange(rows.size, dtype=np.float64)
   rows = rows[np.lexsort((pref, log.user[rows]))]
   ru = log.user[rows]
   cnt = np.bincount(ru, minlength=log.num_users)

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from jaxrec.data import order as order_lib
 from jaxrec.data import samplers
 from jaxrec.data.log import InteractionLog, concat_logs
 from jaxrec.eval import protocols as protocols_lib
@@ -37,7 +38,7 @@ from jaxrec.eval.queries import Queries
 from jaxrec.models import registry
 from jaxrec.train import loop as loop_lib
 from jaxrec.train import state as state_lib
-from jaxrec.train import step as step_lib
+from jaxrec.train import learner as learner_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +128,9 @@ def sequence_chunks(log: InteractionLog, history_len: int, pad_id: int = 0) -> d
   """
   if history_len < 1:
     raise ValueError(f"sequence_chunks: history_len must be >= 1, got {history_len}")
-  order = np.lexsort((np.arange(len(log)), log.timestamp, log.user))
-  items = log.item[order].astype(np.int32)
-  counts = log.user_counts().astype(np.int64)
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  up = order_lib.user_positions(log.user, log.timestamp, log.num_users)  # ties in arrival order
+  items = log.item[up.order].astype(np.int32)
+  counts, starts = up.counts, up.starts
   per_user = -(-np.maximum(counts - 1, 0) // history_len)  # chunks: ceil(targets / L)
   user = np.repeat(np.arange(counts.size), per_user)
   first = np.concatenate([[0], np.cumsum(per_user)[:-1]])
@@ -235,8 +235,8 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
   params = spec.init(init_rng, module, sample)
   tx = state_lib.make_optimizer(config.optimizer, config.learning_rate, weight_decay=config.weight_decay,
                                 clip_norm=config.clip_norm)
-  state = state_lib.create(params, tx)
-  train_step = step_lib.jit_train_step(spec.loss_fn(module, config.loss), tx)
+  learner = _fit_learner(spec, module, config.loss, tx)
+  state = learner.init(params, init_rng)
 
   eval_fn = None
   if valid_queries is not None and len(valid_queries):
@@ -245,7 +245,7 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
       protocol = protocol.draw(valid_queries, train.num_items)
 
     def eval_fn(p):
-      res = protocols_lib.evaluate(spec.score_fn(module, p), valid_queries, protocol, train.num_items,
+      res = protocols_lib.evaluate(spec.score_fn(module), p, valid_queries, protocol, train.num_items,
                                    batch_size=256, ks=(10,))
       return {f"valid/{k}": v for k, v in res.summary.items() if k != "num_queries"}
 
@@ -256,9 +256,16 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
       progress=config.progress, steps_per_epoch=steps_per_epoch)
   t0 = time.time()
   best, history = loop_lib.train(
-      loop_config, state, train_step,
+      loop_config, learner, state,
       lambda epoch: epoch_batches(examples, known, train.num_items, config, seed, epoch),
       eval_fn, workdir, rng=loop_rng)
   seconds = time.time() - t0
-  return FitResult(params=best.params, score_fn=spec.score_fn(module, best.params), history=history,
+  return FitResult(params=best.params, score_fn=spec.score_fn(module), history=history,
                    train_seconds=seconds, best_step=int(best.step))
+
+
+@functools.lru_cache(maxsize=None)
+def _fit_learner(spec: registry.ModelSpec, module, loss: Optional[str],
+                 tx_key: Any) -> learner_lib.Learner:
+  """One learner (so one compiled update) per (model, module, loss, optimizer settings)."""
+  return learner_lib.gradient_learner(spec.loss_fn(module, loss), _optimizer(tx_key))
