@@ -28,7 +28,8 @@ from jaxrec.eval.queries import Queries
 from jaxrec.models.common import dot_scores
 
 
-def _score(user_emb, item_emb, queries, items):
+def _score(params, queries, items):
+  user_emb, item_emb = params
   return dot_scores(jnp.take(user_emb, queries["user"], axis=0), item_emb, items)
 
 
@@ -91,13 +92,13 @@ def main(argv=None):
   test = InteractionLog.from_arrays(np.arange(a.users), train_items[:, k], num_users=a.users,
                                     num_items=a.items)
   queries = Queries.from_log(test, [train])
-  fn = functools.partial(_score, ue, ie)
+  fn, params = _score, (ue, ie)
   proto = protocols.FullRanking(a.chunk)
 
   result = {}
 
   def run_eval():
-    result["r"] = protocols.evaluate(fn, queries, proto, a.items, batch_size=a.batch)
+    result["r"] = protocols.evaluate(fn, params, queries, proto, a.items, batch_size=a.batch)
 
   def run_bare(bare):  # one batch at a time, as evaluate runs them
     for s in range(0, a.users, a.batch):

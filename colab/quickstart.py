@@ -48,7 +48,7 @@ prep = common.prepare(f"synthetic:{PRESET}", "leave_last_out", log=log)
 negatives = min(99, prep.num_items // 4)  # the papers' 99, unless the catalog is tiny
 protocols = suite.freeze_protocols(suite.standard_protocols(num_negatives=negatives), prep.test_queries,
                                    prep.num_items)
-popularity = suite.evaluate_all(nonlearned.popularity(prep.split.train), prep.test_queries,
+popularity = suite.evaluate_all(*nonlearned.popularity(prep.split.train), prep.test_queries,
                                 prep.num_items, protocols)
 print("Popularity", suite.flat_row(popularity))
 

@@ -22,7 +22,8 @@ def _table_scores(table, queries, items):
   return jnp.take_along_axis(rows, items, axis=1)
 
 
-def _dot_fn(user_emb, item_emb, queries, items):
+def _dot_fn(params, queries, items):
+  user_emb, item_emb = params
   return common.dot_scores(jnp.take(user_emb, queries["user"], axis=0), item_emb, items)
 
 
@@ -57,8 +58,8 @@ def _toy(seed=0, num_users=9, num_items=37, num_queries=23, known_per_user=None)
 def test_full_ranking_matches_brute_force(chunk_size, batch_size):
   table, train, test, known = _toy()
   queries = Queries.from_log(test, [train])
-  fn = functools.partial(_table_scores, jnp.asarray(table))
-  res = protocols.evaluate(fn, queries, protocols.FullRanking(chunk_size), 37, batch_size=batch_size)
+  fn = (_table_scores, jnp.asarray(table))
+  res = protocols.evaluate(*fn, queries, protocols.FullRanking(chunk_size), 37, batch_size=batch_size)
   ref = _brute_ranks(table, test.user, test.item, known)
   np.testing.assert_array_equal(res.ranks, ref)
   ncand = 37 - np.array([len(known[u] - {p}) for u, p in zip(test.user, test.item)])
@@ -73,7 +74,7 @@ def test_positive_in_known_set_is_not_excluded():
   queries = Queries.from_log(test, [train])
   np.testing.assert_array_equal(queries.positive_is_known(), [True, False])
   table = jnp.asarray([[0.0, 1.0, 9.0, 9.0, 0.5, 2.0]])
-  res = protocols.evaluate(functools.partial(_table_scores, table), queries, protocols.FullRanking(4), 6)
+  res = protocols.evaluate(_table_scores, table, queries, protocols.FullRanking(4), 6)
   # Query 0: positive 2 (score 9) among {0, 2, 4, 5}: rank 1. Query 1: item 5 (score 2) among {0,4,5}: 1.
   np.testing.assert_array_equal(res.ranks, [1, 1])
   np.testing.assert_array_equal(res.num_candidates, [4, 3])
@@ -82,11 +83,11 @@ def test_positive_in_known_set_is_not_excluded():
 def test_ties_count_against_positive():
   _, train, test, _ = _toy(seed=1)
   queries = Queries.from_log(test, [train])
-  fn = functools.partial(_table_scores, jnp.zeros((9, 37)))
-  full = protocols.evaluate(fn, queries, protocols.FullRanking(8), 37, batch_size=8)
+  fn = (_table_scores, jnp.zeros((9, 37)))
+  full = protocols.evaluate(*fn, queries, protocols.FullRanking(8), 37, batch_size=8)
   np.testing.assert_array_equal(full.ranks, full.num_candidates)
   assert full.summary["MRR"] < 0.2 and full.summary["AUC"] == 0.0
-  samp = protocols.evaluate(fn, queries, protocols.Sampled(num_negatives=10, seed=3), 37, batch_size=8)
+  samp = protocols.evaluate(*fn, queries, protocols.Sampled(num_negatives=10, seed=3), 37, batch_size=8)
   np.testing.assert_array_equal(samp.ranks, 11)
 
 
@@ -95,9 +96,9 @@ def test_sampled_with_all_items_equals_full_ranking():
   keep = np.array([p not in known[u] for u, p in zip(test.user, test.item)])
   test = test.take(keep)
   queries = Queries.from_log(test, [train])
-  fn = functools.partial(_table_scores, jnp.asarray(table))
-  full = protocols.evaluate(fn, queries, protocols.FullRanking(10), 37, batch_size=8)
-  samp = protocols.evaluate(fn, queries, protocols.Sampled(num_negatives=37 - 7, seed=5), 37, batch_size=8)
+  fn = (_table_scores, jnp.asarray(table))
+  full = protocols.evaluate(*fn, queries, protocols.FullRanking(10), 37, batch_size=8)
+  samp = protocols.evaluate(*fn, queries, protocols.Sampled(num_negatives=37 - 7, seed=5), 37, batch_size=8)
   np.testing.assert_array_equal(samp.ranks, full.ranks)
   np.testing.assert_array_equal(samp.num_candidates, full.num_candidates)
   for name in full.summary:
@@ -123,8 +124,8 @@ def test_sampled_negatives_valid_and_deterministic(popularity):
   np.testing.assert_array_equal(cand, proto.draw(queries, 60).items)
   other = protocols.Sampled(20, seed=12, popularity=popularity, item_counts=counts).draw(queries, 60)
   assert not np.array_equal(cand, other.items)
-  fn = functools.partial(_table_scores, jnp.asarray(table))
-  res = protocols.evaluate(fn, queries, proto, 60, batch_size=5)
+  fn = (_table_scores, jnp.asarray(table))
+  res = protocols.evaluate(*fn, queries, proto, 60, batch_size=5)
   s = table[test.user[:, None], cand]
   np.testing.assert_array_equal(res.ranks, 1 + (s[:, 1:] >= s[:, :1]).sum(1))
   assert "seed 11" in res.protocol_desc
@@ -151,12 +152,12 @@ def test_dot_model_full_ranking_and_no_recompile():
   _, train, test, known = _toy(seed=4)
   queries = Queries.from_log(test, [train])
   ue, ie = rng.normal(size=(9, 8)).astype(np.float32), rng.normal(size=(37, 8)).astype(np.float32)
-  fn = functools.partial(_dot_fn, jnp.asarray(ue), jnp.asarray(ie))
-  res = protocols.evaluate(fn, queries, protocols.FullRanking(16), 37, batch_size=8)
+  fn = (_dot_fn, (jnp.asarray(ue), jnp.asarray(ie)))
+  res = protocols.evaluate(*fn, queries, protocols.FullRanking(16), 37, batch_size=8)
   np.testing.assert_array_equal(res.ranks, _brute_ranks(ue @ ie.T, test.user, test.item, known))
   before = protocols._full_ranks._cache_size()
-  fn2 = functools.partial(_dot_fn, jnp.asarray(ue * 2), jnp.asarray(ie))  # new params, same shapes
-  res2 = protocols.evaluate(fn2, queries, protocols.FullRanking(16), 37, batch_size=8)
+  fn2 = (_dot_fn, (jnp.asarray(ue * 2), jnp.asarray(ie)))  # new params, same shapes
+  res2 = protocols.evaluate(*fn2, queries, protocols.FullRanking(16), 37, batch_size=8)
   assert protocols._full_ranks._cache_size() == before
   np.testing.assert_array_equal(res2.ranks, res.ranks)  # positive rescaling keeps the ranking
 
@@ -164,10 +165,10 @@ def test_dot_model_full_ranking_and_no_recompile():
 def test_jit_and_no_jit_agree():
   table, train, test, known = _toy(seed=5)
   queries = Queries.from_log(test, [train]).take(np.arange(5))
-  fn = functools.partial(_table_scores, jnp.asarray(table))
-  jitted = protocols.evaluate(fn, queries, protocols.FullRanking(20), 37, batch_size=5)
+  fn = (_table_scores, jnp.asarray(table))
+  jitted = protocols.evaluate(*fn, queries, protocols.FullRanking(20), 37, batch_size=5)
   with jax.disable_jit():
-    eager = protocols.evaluate(fn, queries, protocols.FullRanking(20), 37, batch_size=5)
+    eager = protocols.evaluate(*fn, queries, protocols.FullRanking(20), 37, batch_size=5)
   np.testing.assert_array_equal(jitted.ranks, eager.ranks)
   np.testing.assert_array_equal(jitted.ranks, _brute_ranks(table, test.user[:5], test.item[:5], known))
 
@@ -192,7 +193,8 @@ class DotScoresTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_random_scores_consistent(self):
-    fn = nonlearned.random_scores(7)
+    fn, seed = nonlearned.random_scores(7)
+    fn = functools.partial(fn, seed)
     q = {"user": jnp.array([0, 3, 3])}
     full = self.variant(fn)(q, jnp.arange(20, dtype=jnp.int32))
     chex.assert_shape(full, (3, 20))
@@ -201,17 +203,18 @@ class DotScoresTest(chex.TestCase):
     np.testing.assert_array_equal(full[1], full[2])
     assert not np.array_equal(full[0], full[1])
     assert float(full.min()) >= 0 and float(full.max()) < 1
-    assert not np.array_equal(full, nonlearned.random_scores(8)(q, jnp.arange(20, dtype=jnp.int32)))
+    fn8, seed8 = nonlearned.random_scores(8)
+    assert not np.array_equal(full, fn8(seed8, q, jnp.arange(20, dtype=jnp.int32)))
 
 
 def test_popularity_ranks_most_popular_first():
   train = InteractionLog.from_arrays([0, 1, 2, 3, 0, 1, 2, 0], [4, 4, 4, 4, 2, 2, 2, 1], num_users=5,
                                      num_items=6)
   fn = nonlearned.popularity(train)
-  scores = fn({"user": jnp.array([4])}, jnp.arange(6, dtype=jnp.int32))
+  scores = fn[0](fn[1], {"user": jnp.array([4])}, jnp.arange(6, dtype=jnp.int32))
   assert int(jnp.argmax(scores[0])) == 4
   test = InteractionLog.from_arrays([4, 4, 4], [4, 2, 0], num_users=5, num_items=6)
-  res = protocols.evaluate(fn, Queries.from_log(test, [train]), protocols.FullRanking(4), 6)
+  res = protocols.evaluate(*fn, Queries.from_log(test, [train]), protocols.FullRanking(4), 6)
   # user 4 has no history: 4 first, 2 second, 0 ties with 3 and 5 (count 0) -> worst of 6.
   np.testing.assert_array_equal(res.ranks, [1, 2, 6])
 
@@ -229,7 +232,7 @@ def test_grouped_full_ranking_recall():
   test = InteractionLog.from_arrays(users + [0], items + [items[0]], num_users=9, num_items=37)  # dup row
   queries = Queries.from_log(test, [train], group_by_user=True)
   assert len(queries) == 27
-  res = protocols.evaluate(functools.partial(_table_scores, jnp.asarray(table)), queries,
+  res = protocols.evaluate(_table_scores, jnp.asarray(table), queries,
                            protocols.FullRanking(8), 37, ks=(5,))
   np.testing.assert_array_equal(res.users, np.arange(9))
   for u in range(9):
@@ -238,7 +241,7 @@ def test_grouped_full_ranking_recall():
     truth = set(np.array(items)[np.array(users) == u].tolist())
     assert res.per_query["Recall@5"][u] == pytest.approx(len(truth & set(top5.tolist())) / 3)
   with pytest.raises(ValueError, match="FullRanking"):
-    protocols.evaluate(functools.partial(_table_scores, jnp.asarray(table)), queries,
+    protocols.evaluate(_table_scores, jnp.asarray(table), queries,
                        protocols.Sampled(5), 37)
 
 
@@ -249,6 +252,80 @@ def test_bad_inputs_raise():
     Queries.from_log(other, [train])
   q = Queries.from_log(train, [train])
   with pytest.raises(DataError, match="positive"):
-    protocols.evaluate(nonlearned.random_scores(0), q, protocols.FullRanking(), 1)
+    protocols.evaluate(*nonlearned.random_scores(0), q, protocols.FullRanking(), 1)
   with pytest.raises(DataError, match="feature 'history'"):
     Queries.from_log(train, [train], features={"history": np.zeros((3, 2))})
+
+
+# -- exact ties on real-looking models: duplicated items ----------------------------------------------
+
+
+def _duplicate_items(params, num_items):
+  """Copies item j to item j + N/2 in every item-indexed leaf (leading dim N, or N + 1 with a pad row)."""
+  half = num_items // 2
+
+  def dup(x):
+    x = np.asarray(x)
+    if x.ndim >= 1 and x.shape[0] in (num_items, num_items + 1):
+      x = x.copy()
+      x[half:2 * half] = x[:half]
+    return jnp.asarray(x)
+
+  return jax.tree.map(dup, params)
+
+
+@pytest.mark.parametrize("name", ["mf-bpr", "mf-log", "ncf", "gru4rec", "caser", "sasrec", "sumpool"])
+@pytest.mark.parametrize("chunk_size", [64, 300])
+def test_duplicated_items_tie_under_full_ranking(name, chunk_size):
+  """Item j + N/2 is an exact copy of item j: it must count against the positive, both ways round."""
+  from jaxrec.models import registry
+  num_users, num_items, hist = 64, 300, 5
+  spec = registry.get(name)
+  module = spec.make(num_users, num_items)
+  sample = registry.sample_batch(spec.family, history_len=hist)
+  params = spec.init(jax.random.PRNGKey(0), module, sample)
+  params = _duplicate_items(params, num_items)
+  rng = np.random.default_rng(0)
+  users = rng.permutation(num_users)
+  pos = rng.integers(0, num_items // 2, num_users)
+  feats = {}
+  if spec.family == "sequence":
+    h = rng.integers(0, num_items, (num_users, hist)).astype(np.int32)
+    feats = {"history": np.concatenate([h, h]), "history_mask": np.ones((2 * num_users, hist), bool)}
+  copies = np.concatenate([pos, pos + num_items // 2])
+  log = InteractionLog.from_arrays(np.concatenate([users, users]), copies,
+                                   num_users=num_users, num_items=num_items)
+  queries = Queries(user=log.user.astype(np.int32), positive=log.item.astype(np.int32),
+                    time=np.zeros(len(log), np.int64), known_indptr=np.zeros(num_users + 1, np.int64),
+                    known_items=np.zeros(0, np.int32), features=feats)
+  score_fn = spec.score_fn(module)
+  full = protocols.evaluate(score_fn, params, queries, protocols.FullRanking(chunk_size), num_items,
+                            batch_size=64).ranks
+  np.testing.assert_array_equal(full[:num_users], full[num_users:])  # the copy ranks like the original
+  # Brute force from one [B, N] matrix product: every item at least as good as the positive counts.
+  s = np.asarray(score_fn(params, {"user": queries.user, **feats}, jnp.arange(num_items, dtype=jnp.int32)))
+  ref = (s >= s[np.arange(len(queries)), queries.positive][:, None]).sum(1)
+  np.testing.assert_array_equal(full, ref)
+  assert np.all(full >= 2)
+  # Sampled: the copy among the negatives ties with the positive and counts against it.
+  cands = np.stack([pos, pos + num_items // 2, rng.integers(0, num_items, num_users)], axis=1)
+  samp = protocols.evaluate(score_fn, params, queries.take(np.arange(num_users)),
+                            protocols.Candidates(cands.astype(np.int32), "copy"), num_items).ranks
+  assert np.all(samp >= 2)
+
+
+def test_popularity_negatives_follow_successive_sampling():
+  """Two negatives from 5 allowed items: each pair's frequency matches the without-replacement law."""
+  import itertools
+  w = np.array([3.0, 1.0, 0.0, 2.0, 5.0, 4.0, 1.0])  # item 0 positive, item 2 never drawn, 6 known
+  n_rows = 20000
+  train = InteractionLog.from_arrays([0], [6], num_users=1, num_items=7)
+  test = InteractionLog.from_arrays(np.zeros(n_rows, int), np.zeros(n_rows, int), num_users=1, num_items=7)
+  cand = protocols.Sampled(2, seed=1, popularity=True, item_counts=w).draw(
+      Queries.from_log(test, [train]), 7).items[:, 1:]
+  allowed = [1, 3, 4, 5]
+  total = w[allowed].sum()
+  for a, b in itertools.combinations(allowed, 2):
+    p = w[a] / total * w[b] / (total - w[a]) + w[b] / total * w[a] / (total - w[b])
+    freq = np.mean(((cand[:, 0] == a) & (cand[:, 1] == b)) | ((cand[:, 0] == b) & (cand[:, 1] == a)))
+    assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n_rows), (a, b, freq, p)

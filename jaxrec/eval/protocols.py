@@ -6,19 +6,22 @@ against the positive, so a model scoring every item equally gets the worst rank.
 against the positive (a NaN candidate beats it; a NaN positive is beaten by everything).
 
 * :class:`FullRanking`: every item is a candidate except the user's known positives (the positive itself
-  is never excluded). One jitted function per batch shape scores the positive (``[B, 1]``), then loops
-  over static-size item chunks with ``lax.fori_loop`` (last chunk padded and masked), counting candidates
-  that beat the positive and subtracting the positive itself and the excluded items (gathered from the
-  same chunk scores, so the comparison uses identical numbers). Memory is ``O(B x chunk_size)``; the
-  ``B x N`` score matrix is never materialised.
+  is never excluded). One jitted function per batch shape loops over static-size item chunks with
+  ``lax.fori_loop``, counting candidates that beat the positive and subtracting the positive itself and
+  the excluded items (gathered from the same chunk scores). The positive is scored as a *shared*
+  candidate, in a call of the same shape as every chunk (the partial last chunk's padding holds the
+  batch's positives), never through the per-query ``[B, 1]`` path: the two paths give different float32
+  numbers for the same (user, item) (an einsum vs a matrix product), and an exact duplicate of the
+  positive (a cold item left at its initial value, items with identical features) would then fail to
+  count against it. Memory is ``O(B x chunk_size)``; the ``B x N`` score matrix is never materialised.
 * :class:`Sampled`: ``1`` positive + ``num_negatives`` distinct negatives per query, drawn once on the
   host from ``np.random.default_rng(seed)`` (uniform, or proportional to training popularity),
   never a known positive nor the positive, so every model is evaluated on the same candidates.
   :meth:`Sampled.draw` returns them as a :class:`Candidates` protocol that can be reused across epochs.
 
-Score functions are ``functools.partial(fn, params, ...)`` in practice; the array leaves of a partial's
-arguments are passed to the jitted kernel as arguments (not baked in as constants), so re-evaluating a
-model with new parameters of the same shapes does not recompile.
+Score functions take their parameters explicitly, ``score_fn(params, queries, items)``; the kernels are
+jitted with ``params`` as an argument (never baked in as constants), so re-evaluating a model with new
+parameters of the same shapes does not recompile.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from jaxrec.data.log import DataError
 from jaxrec.eval import metrics as metrics_lib
 from jaxrec.eval.queries import Queries
 
-ScoreFn = Callable[[Mapping[str, jax.Array], jax.Array], jax.Array]
+ScoreFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,56 +193,84 @@ def _uniform_negatives(rng: np.random.Generator, excl: np.ndarray, num_items: in
   return (j + cnt).astype(np.int32)
 
 
+def _row_member(sorted_rows: np.ndarray, values: np.ndarray, span: int) -> np.ndarray:
+  """bool ``values.shape``: ``values[r, j]`` is in row ``r`` of ``sorted_rows`` (rows sorted, < span)."""
+  rows = sorted_rows.shape[0]
+  off = np.arange(rows, dtype=np.int64)[:, None] * span
+  flat = (np.minimum(sorted_rows, span - 1) + off).ravel()
+  flat[(sorted_rows >= span).ravel()] = -1  # padding never matches
+  flat = np.sort(flat)
+  q = (values + off).ravel()
+  pos = np.minimum(np.searchsorted(flat, q), flat.size - 1)
+  return (flat[pos] == q).reshape(values.shape)
+
+
 def _popularity_negatives(rng: np.random.Generator, excl: np.ndarray, weights: np.ndarray, n: int,
-                          users: np.ndarray) -> np.ndarray:
-  """``n`` distinct draws per row proportional to ``weights`` (Gumbel top-k), excluding ``excl``."""
+                          users: np.ndarray, max_rounds: int = 32) -> np.ndarray:
+  """``n`` distinct draws per row proportional to ``weights``, excluding ``excl`` (sorted, padded).
+
+  Successive sampling without replacement: candidates are drawn i.i.d. from the cumulative weights
+  (``searchsorted`` on ``cumsum(weights)``), and a draw that is excluded or repeats an earlier one is
+  discarded, which gives the same law as renormalising after every draw (Gumbel top-k). Memory is
+  ``O(rows x n)``, never ``O(rows x num_items)``. Each round draws enough candidates for the expected
+  acceptance rate of every unfinished row; rows whose allowed mass is small (acceptance < 5%) or that are
+  still short after ``max_rounds`` are finished one at a time over their allowed items.
+  """
   rows = excl.shape[0]
-  with np.errstate(divide="ignore"):
-    logw = np.log(weights)
-  keys = logw[None, :] - np.log(-np.log(rng.random((rows, weights.shape[0]))))
-  r_idx = np.broadcast_to(np.arange(rows)[:, None], excl.shape)
-  ok = excl < weights.shape[0]
-  keys[r_idx[ok], excl[ok]] = -np.inf
-  avail = np.isfinite(keys).sum(1)
-  if rows and avail.min() < n:
+  num_items = weights.shape[0]
+  if rows == 0 or n == 0:
+    return np.zeros((rows, n), np.int32)
+  cdf = np.cumsum(weights)
+  total = cdf[-1]
+  ok = excl < num_items
+  w_excl = np.where(ok, weights[np.minimum(excl, num_items - 1)], 0.0)
+  avail = int((weights > 0).sum()) - (ok & (w_excl > 0)).sum(1)
+  if avail.min() < n:
     r = int(np.argmin(avail))
     raise DataError(f"Sampled(popularity=True): user {users[r]} has only {avail[r]} items with non-zero "
                     f"training count to draw {n} negatives from")
-  top = np.argpartition(-keys, n - 1, axis=1)[:, :n] if n else np.zeros((rows, 0), np.int64)
-  return top.astype(np.int32)
+  accept = np.clip((total - w_excl.sum(1)) / total, 0.0, 1.0)
+  kept = np.full((rows, n), -1, np.int64)  # accepted draws in draw order, -1 padded
+  count = np.zeros(rows, np.int64)
+  todo = np.flatnonzero(accept >= 0.05)
+  big = np.int64(num_items + 1)
+  for _ in range(max_rounds):
+    if todo.size == 0:
+      break
+    k = int(np.ceil(min(((n - count[todo]) / accept[todo]).max() * 1.2, 20 * n))) + 8
+    draws = np.searchsorted(cdf, rng.random((todo.size, k)) * total, side="right")
+    cand = np.concatenate([kept[todo], np.minimum(draws, num_items - 1)], axis=1)
+    bad = (cand < 0) | _row_member(excl[todo], np.maximum(cand, 0), num_items)
+    keyed = np.where(bad, big, cand)
+    order = np.argsort(keyed, axis=1, kind="stable")  # equal values keep draw order: first one wins
+    srt = np.take_along_axis(keyed, order, axis=1)
+    first = np.ones(srt.shape, bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    good = np.zeros(srt.shape, bool)
+    np.put_along_axis(good, order, first & (srt < big), axis=1)
+    take = good & (np.cumsum(good, axis=1) <= n)
+    cols = np.argsort(~take, axis=1, kind="stable")[:, :n]
+    vals = np.take_along_axis(cand, cols, axis=1)
+    kept[todo] = np.where(np.take_along_axis(take, cols, axis=1), vals, -1)
+    count[todo] = take.sum(1)
+    todo = todo[count[todo] < n]
+  rare = np.flatnonzero((accept < 0.05) | (count < n))
+  for r in rare:  # almost all of the mass is excluded: finish the row exactly over its allowed items
+    allowed = weights > 0
+    allowed[excl[r][ok[r]]] = False
+    have = kept[r, :count[r]]
+    allowed[have] = False
+    idx = np.flatnonzero(allowed)
+    p = weights[idx] / weights[idx].sum()
+    kept[r, count[r]:] = rng.choice(idx, size=n - count[r], replace=False, p=p)
+  return kept.astype(np.int32)
 
 
 # -- score function plumbing ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Static:
-  """Hashable, array-free part of a score function (its array leaves travel as jit arguments)."""
-
-  func: Any
-  treedef: Any
-  leaves: tuple
-
-  def rebuild(self, dyn: Sequence[Any]) -> ScoreFn:
-    if self.treedef is None:
-      return self.func
-    it = iter(dyn)
-    leaves = [next(it) if l is _ARRAY else l for l in self.leaves]
-    args, kwargs = jax.tree.unflatten(self.treedef, leaves)
-    return functools.partial(self.func, *args, **kwargs)
-
-
-class _ArrayMarker:
-
-  def __repr__(self):
-    return "<array>"
-
-
-_ARRAY = _ArrayMarker()
-
-
 class _ById:
-  """Wraps an unhashable callable so it can be a static jit argument (hashed by identity)."""
+  """Wraps an unhashable score function so it can be a static jit argument (hashed by identity)."""
 
   def __init__(self, fn):
     self.fn = fn
@@ -248,76 +279,98 @@ class _ById:
     return self.fn(*args, **kwargs)
 
 
-def _split_score_fn(score_fn: ScoreFn) -> tuple[_Static, list]:
-  if isinstance(score_fn, functools.partial):
-    leaves, treedef = jax.tree.flatten((score_fn.args, score_fn.keywords))
-    is_arr = [isinstance(l, (np.ndarray, jax.Array)) for l in leaves]
-    dyn = [l for l, a in zip(leaves, is_arr) if a]
-    static = _Static(score_fn.func, treedef, tuple(_ARRAY if a else l for l, a in zip(leaves, is_arr)))
-  else:
-    static, dyn = _Static(score_fn, None, ()), []
+def _static_score_fn(score_fn: ScoreFn):
+  """``score_fn`` itself when hashable (a module function, a registry scorer), else wrapped by id."""
   try:
-    hash(static)
+    hash(score_fn)
   except TypeError:
-    static = _Static(_ById(score_fn), None, ())
-    dyn = []
-  return static, dyn
+    return _ById(score_fn)
+  return score_fn
 
 
 # -- device kernels -------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("static", "num_items", "chunk_size"))
-def _full_ranks(static: _Static, dyn, batch, positive, excl, *, num_items: int, chunk_size: int):
+@functools.partial(jax.jit, static_argnames=("score_fn", "num_items", "chunk_size"))
+def _full_ranks(score_fn: ScoreFn, params, batch, positive, excl, *, num_items: int, chunk_size: int):
   """Ranks ``[B]`` of ``positive`` among all items minus ``excl`` (``[B, M]``, -1 padded).
 
-  Every chunk counts all its items that beat the positive, then subtracts the excluded items and the
-  positive itself (gathered from the same chunk scores): the hot loop over full chunks is a matrix
-  product, one comparison and one reduction. Only the last, padded chunk carries a validity mask.
+  Every score comes from a shared-candidate call of one shape, ``score_fn(params, batch, ids[chunk])``,
+  so the positive and an exact duplicate of it get the same float32 number and the duplicate counts
+  against the positive. The first ("lead") calls hold the ``num_items % chunk_size`` items of the
+  partial last chunk followed by the batch's positives (positive ``b`` at lead column ``tail + b``):
+  ``ceil((tail + B) / chunk_size)`` calls, one more than the partial chunk alone at most. The loop over
+  the full chunks is then a matrix product, one comparison and one reduction each. Excluded items and
+  the positive itself are subtracted when they beat it, gathered from the same chunk scores.
   """
-  score_fn = static.rebuild(dyn)
-  pos_col = score_fn(batch, positive[:, None])[:, :1]
+  b = positive.shape[0]
   offs = jnp.arange(chunk_size, dtype=jnp.int32)
+  num_full = num_items // chunk_size
+  tail = num_items % chunk_size
+  tail_start = num_full * chunk_size
+  # Lead calls: [tail items, the batch's positives, padding] cut into chunk_size columns; positive b sits
+  # at lead column tail + b.
+  n_lead = -(-(tail + b) // chunk_size)
+  lead_ids = jnp.concatenate([tail_start + jnp.arange(tail, dtype=jnp.int32), positive.astype(jnp.int32),
+                              jnp.zeros(n_lead * chunk_size - tail - b, jnp.int32)])
+  lead_ids = lead_ids.reshape(n_lead, chunk_size)
+  pos_lead_col = tail + jnp.arange(b, dtype=jnp.int32)
+
+  def pos_body(c, acc, s=None):  # the positives' scores found in lead call c
+    s = score_fn(params, batch, lead_ids[c]) if s is None else s
+    col = pos_lead_col - c * chunk_size
+    here = (col >= 0) & (col < chunk_size)
+    got = jnp.take_along_axis(s, jnp.clip(col, 0, chunk_size - 1)[:, None], axis=1)[:, 0]
+    return jnp.where(here, got, acc)
+
+  first = score_fn(params, batch, lead_ids[0])
+  pos_col = pos_body(0, jnp.zeros(positive.shape, first.dtype), first)
+  pos_col = jax.lax.fori_loop(1, n_lead, pos_body, pos_col)[:, None]
   # Items to subtract when they beat the positive: the positive itself and its known items (once).
   sub = jnp.concatenate([positive[:, None], jnp.where(excl == positive[:, None], -1, excl)], axis=1)
 
-  def chunk_count(start, ids, mask_tail):
-    s = score_fn(batch, ids)
+  def count(s, start, valid):
+    """Items ``start .. start + valid - 1`` (columns ``0 .. valid - 1`` of ``s``) that beat the positive,
+    minus the excluded ones and the positive itself among them."""
+    width = s.shape[1]
     beat = ~(s < pos_col)
-    if mask_tail:
-      beat &= (start + offs < num_items)[None, :]
+    if valid < width:
+      beat &= (jnp.arange(width) < valid)[None, :]
     local = sub - start
-    inside = (sub >= 0) & (local >= 0) & (local < chunk_size)
-    s_sub = jnp.take_along_axis(s, jnp.clip(local, 0, chunk_size - 1), axis=1)
-    # A float32 sum of 0/1 is exact for chunks < 2^24 items and vectorises better than an int sum on CPU.
+    inside = (sub >= 0) & (local >= 0) & (local < valid)
+    s_sub = jnp.take_along_axis(s, jnp.clip(local, 0, width - 1), axis=1)
+    # A float32 sum of 0/1 is exact for rows < 2^24 items and vectorises better than an int sum on CPU.
     n_beat = jnp.where(beat, jnp.float32(1), jnp.float32(0)).sum(1).astype(jnp.int32)
     return n_beat - (inside & ~(s_sub < pos_col)).sum(1, dtype=jnp.int32)
 
-  def body(c, count):
+  def body(c, total):
     start = c * chunk_size
-    return count + chunk_count(start, start + offs, False)
+    return total + count(score_fn(params, batch, start + offs), start, chunk_size)
 
-  num_full = num_items // chunk_size
-  count = jax.lax.fori_loop(0, num_full, body, jnp.zeros(positive.shape, jnp.int32))
-  if num_items % chunk_size:
-    start = num_full * chunk_size
-    count += chunk_count(start, jnp.minimum(start + offs, num_items - 1), True)
-  return count + 1
+  total = jnp.zeros(positive.shape, jnp.int32)
+  if tail:  # the tail items are lead chunk 0's first columns: the same call, so the same numbers
+    total += count(first, tail_start, tail)
+  total = jax.lax.fori_loop(0, num_full, body, total)
+  return total + 1
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
-def _candidate_ranks(static: _Static, dyn, batch, cands):
-  """Ranks ``[B]`` of ``cands[:, 0]`` among ``cands`` (``[B, 1 + N]``)."""
-  s = static.rebuild(dyn)(batch, cands)
+@functools.partial(jax.jit, static_argnames=("score_fn",))
+def _candidate_ranks(score_fn: ScoreFn, params, batch, cands):
+  """Ranks ``[B]`` of ``cands[:, 0]`` among ``cands`` (``[B, 1 + N]``), all scored in one call."""
+  s = score_fn(params, batch, cands)
   return 1 + (~(s[:, 1:] < s[:, :1])).sum(1, dtype=jnp.int32)
 
 
 # -- host driver ----------------------------------------------------------------------------------
 
 
-def rank_queries(score_fn: ScoreFn, queries: Queries, protocol: Protocol, num_items: int, *,
-                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def rank_queries(score_fn: ScoreFn, params: Any, queries: Queries, protocol: Protocol, num_items: int,
+                 *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """Ranks and candidate counts of every query's positive under ``protocol``.
+
+  ``score_fn(params, queries, items)`` is jitted with ``params`` as an argument: evaluating new
+  parameters of the same shapes does not recompile. ``score_fn`` is a static argument (hashed): pass
+  the same function object (a module-level function, a registry scorer) to reuse the compilation.
 
   Returns:
     ``(ranks int64 [Q], num_candidates int64 [Q])``.
@@ -332,7 +385,7 @@ def rank_queries(score_fn: ScoreFn, queries: Queries, protocol: Protocol, num_it
   if isinstance(protocol, Candidates) and protocol.items.shape[0] != q:
     raise ValueError(f"Candidates has {protocol.items.shape[0]} rows for {q} queries")
   bs = int(min(batch_size, q))
-  static, dyn = _split_score_fn(score_fn)
+  score_fn = _static_score_fn(score_fn)
   width = int(queries.num_known().max(initial=0))
   outs = []
   for s in range(0, q, bs):
@@ -349,10 +402,10 @@ def rank_queries(score_fn: ScoreFn, queries: Queries, protocol: Protocol, num_it
     else:
       raise TypeError(f"unknown protocol {protocol!r}")
     if isinstance(protocol, FullRanking):
-      pending = _full_ranks(static, dyn, batch, *args, num_items=int(num_items),
+      pending = _full_ranks(score_fn, params, batch, *args, num_items=int(num_items),
                             chunk_size=int(min(protocol.chunk_size, num_items)))
     else:
-      pending = _candidate_ranks(static, dyn, batch, *args)
+      pending = _candidate_ranks(score_fn, params, batch, *args)
     outs.append(pending)
   outs = [np.asarray(r) for r in jax.device_get(outs)]
   ranks = np.concatenate(outs)[:q].astype(np.int64)
@@ -363,12 +416,13 @@ def rank_queries(score_fn: ScoreFn, queries: Queries, protocol: Protocol, num_it
   return ranks, ncand
 
 
-def evaluate(score_fn: ScoreFn, queries: Queries, protocol: Protocol, num_items: int, *,
+def evaluate(score_fn: ScoreFn, params: Any, queries: Queries, protocol: Protocol, num_items: int, *,
              batch_size: int = 256, ks: Sequence[int] = metrics_lib.DEFAULT_KS) -> EvalResult:
   """Evaluates ``score_fn`` on ``queries`` under ``protocol``.
 
   Args:
-    score_fn: ``score_fn(queries_dict, items) -> scores [B, C]`` (ARCHITECTURE.md contract).
+    score_fn: ``score_fn(params, queries_dict, items) -> scores [B, C]`` (ARCHITECTURE.md contract).
+    params: the parameters ``score_fn`` scores with (any pytree; a jit argument).
     queries: the queries (``"user"`` and ``queries.features`` are passed to ``score_fn``).
     protocol: :class:`FullRanking`, :class:`Sampled` or :class:`Candidates`.
     num_items: size of the item index space.
@@ -381,7 +435,7 @@ def evaluate(score_fn: ScoreFn, queries: Queries, protocol: Protocol, num_items:
   if queries.group is not None and not isinstance(protocol, FullRanking):
     raise ValueError("grouped (multi-positive) queries need FullRanking: with sampled candidates the "
                      "other positives of a group are not candidates")
-  ranks, ncand = rank_queries(score_fn, queries, protocol, num_items, batch_size=batch_size)
+  ranks, ncand = rank_queries(score_fn, params, queries, protocol, num_items, batch_size=batch_size)
   if queries.group is None:
     per_query = metrics_lib.metrics_from_ranks(ranks, ncand, ks)
     users, gids = queries.user, None

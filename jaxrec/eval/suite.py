@@ -32,7 +32,7 @@ def freeze_protocols(protocols: Mapping[str, protocols_lib.Protocol], queries: Q
           for name, p in protocols.items()}
 
 
-def evaluate_all(score_fn, queries: Queries, num_items: int,
+def evaluate_all(score_fn, params, queries: Queries, num_items: int,
                  protocols: Mapping[str, protocols_lib.Protocol], *,
                  train_counts: Optional[np.ndarray] = None, new_users: Optional[np.ndarray] = None,
                  activity_edges: Optional[Sequence[float]] = None, ks: Sequence[int] = DEFAULT_KS,
@@ -40,7 +40,8 @@ def evaluate_all(score_fn, queries: Queries, num_items: int,
   """Evaluates ``score_fn`` under every protocol.
 
   Args:
-    score_fn: the ARCHITECTURE.md ``ScoreFn``.
+    score_fn: the ARCHITECTURE.md ``ScoreFn`` ``(params, queries, items) -> [B, C]``.
+    params: the parameters it scores with.
     queries: evaluation queries.
     num_items: size of the item index space.
     protocols: ``{name: protocol}`` (see :func:`standard_protocols`, :func:`freeze_protocols`).
@@ -55,7 +56,7 @@ def evaluate_all(score_fn, queries: Queries, num_items: int,
   """
   out = {}
   for name, protocol in protocols.items():
-    res = protocols_lib.evaluate(score_fn, queries, protocol, num_items, batch_size=batch_size, ks=ks)
+    res = protocols_lib.evaluate(score_fn, params, queries, protocol, num_items, batch_size=batch_size, ks=ks)
     segs = {}
     if train_counts is not None:
       counts = np.asarray(train_counts)

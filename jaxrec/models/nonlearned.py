@@ -6,13 +6,13 @@
   32-bit finaliser of a linear mix), so a user's score of an item is the same under full ranking and
   sampled candidates and across batches.
 
-Both return ``functools.partial`` objects whose array arguments :func:`jaxrec.eval.protocols.evaluate`
-lifts into jit arguments.
+Each factory returns ``(score_fn, params)``: a module-level ``ScoreFn(params, queries, items)`` and the
+arrays it scores with, which :func:`jaxrec.eval.protocols.evaluate` passes to its kernels as jit
+arguments.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Mapping
 
 import jax
@@ -28,14 +28,15 @@ def _broadcast(values_of_items: jax.Array, user: jax.Array, items: jax.Array) ->
   return values_of_items
 
 
-def _popularity_scores(counts: jax.Array, queries: Mapping[str, jax.Array], items: jax.Array) -> jax.Array:
+def popularity_scores(counts: jax.Array, queries: Mapping[str, jax.Array], items: jax.Array) -> jax.Array:
+  """ScoreFn with ``params = counts`` (float32 ``[num_items]``)."""
   return _broadcast(jnp.take(counts, items), queries["user"], items)
 
 
 def popularity(train_log: InteractionLog):
-  """ScoreFn scoring every item by its number of training interactions (float32)."""
+  """``(popularity_scores, counts)``: every item scored by its number of training interactions."""
   counts = jnp.asarray(np.bincount(train_log.item, minlength=train_log.num_items).astype(np.float32))
-  return functools.partial(_popularity_scores, counts)
+  return popularity_scores, counts
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -46,7 +47,7 @@ def _mix32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
-def _random_scores(seed: jax.Array, queries: Mapping[str, jax.Array], items: jax.Array) -> jax.Array:
+def hashed_scores(seed: jax.Array, queries: Mapping[str, jax.Array], items: jax.Array) -> jax.Array:
   user = queries["user"].astype(jnp.uint32)
   it = items.astype(jnp.uint32)
   it = it[None, :] if items.ndim == 1 else it
@@ -55,5 +56,5 @@ def _random_scores(seed: jax.Array, queries: Mapping[str, jax.Array], items: jax
 
 
 def random_scores(seed: int = 0):
-  """ScoreFn with deterministic pseudo-random scores in ``[0, 1)`` per (seed, user, item)."""
-  return functools.partial(_random_scores, jnp.asarray(seed, jnp.uint32))
+  """``(hashed_scores, seed)``: deterministic pseudo-random scores in ``[0, 1)`` per (seed, user, item)."""
+  return hashed_scores, jnp.asarray(seed, jnp.uint32)

@@ -6,7 +6,7 @@ The training binary and every method build models through this registry::
     module = spec.make(num_users, num_items, dim=32)       # defaults overridden by keyword
     params = spec.init(rng, module, sample_batch)           # {"params": ...}, a plain pytree
     loss_fn = spec.loss_fn(module)                          # (params, batch, rng) -> (loss, aux)
-    score_fn = spec.score_fn(module, params)                # ScoreFn(queries, items) -> [B, C]
+    score_fn = spec.score_fn(module)                        # ScoreFn(params, queries, items) -> [B, C]
 
 Families and their training batches (see :mod:`jaxrec.models.mf`, :mod:`jaxrec.models.sequential`):
 
@@ -25,7 +25,6 @@ Registered: ``mf-bpr`` and ``mf-log`` (Rendle et al. 2009; MF with log loss as i
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 from jaxrec.models import mf, ncf, sequential
 
 Array = jax.Array
-ScoreFn = Callable[[Mapping[str, Array], Array], Array]
+ScoreFn = Callable[[Any, Mapping[str, Array], Array], Array]
 LossFn = Callable[[Any, Mapping[str, Array], Any], tuple[Array, dict]]
 
 
@@ -84,9 +83,23 @@ class ModelSpec:
     """``(params, batch, rng) -> (loss, aux)`` with ``loss`` (default :attr:`default_loss`)."""
     return self.make_loss(module, loss or self.default_loss)
 
-  def score_fn(self, module: nn.Module, params) -> ScoreFn:
-    """The evaluation :data:`ScoreFn` ``(queries, items) -> [B, C]`` (dropout off)."""
-    return functools.partial(module.apply, params, method=module.score)
+  def score_fn(self, module: nn.Module) -> ScoreFn:
+    """The evaluation :data:`ScoreFn` ``(params, queries, items) -> [B, C]`` (dropout off).
+
+    Hashable by value (a frozen dataclass over the module), so the evaluation kernels, which take it
+    as a static jit argument, compile once per model architecture and take ``params`` as an argument.
+    """
+    return ModuleScoreFn(module)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleScoreFn:
+  """``module.score`` as a :data:`ScoreFn` with explicit parameters: ``(params, queries, items)``."""
+
+  module: nn.Module
+
+  def __call__(self, params, queries: Mapping[str, Array], items: Array) -> Array:
+    return self.module.apply(params, queries, items, method=self.module.score)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
