@@ -6,7 +6,7 @@ Each benchmark runs in a fresh Python process (``--only=NAME``, spawned by the p
 memory (``VmHWM`` from ``/proc/self/status``) is its own; the figure reported is the peak minus the
 baseline taken after the imports and the JAX backend start-up.
 
-* ``mf-bpr``, ``gru4rec``, ``sasrec``: ``jaxrec.train.step.jit_train_step(spec.loss_fn(module), adam)``
+* ``mf-bpr``, ``gru4rec``, ``sasrec``: ``jit_update(gradient_learner(spec.loss_fn(module), adam))``
   on pre-built random device batches in the registry's batch format (see
   :mod:`jaxrec.models.registry`): BPR-MF with 10k users x 5k items x dim 64, batch 1024, one negative;
   GRU4Rec and SASRec with dim 64, a catalog of 5k items, histories of length 50 (right-aligned, random
@@ -15,7 +15,7 @@ baseline taken after the imports and the JAX backend start-up.
   warm-up (compilation + 2 steps), ``--repeats`` runs of ``--steps`` steps each, each ending with
   ``block_until_ready``; steps/s from the median and the best run, plus process CPU time
   (``time.process_time``, all threads), which depends less on other jobs on a shared machine.
-* ``eval-mf``: ``jaxrec.eval.protocols.evaluate(score_fn, queries, FullRanking(2048), ...)`` with the
+* ``eval-mf``: ``jaxrec.eval.protocols.evaluate(score_fn, params, queries, FullRanking(2048), ...)`` with the
   registry's ``mf-bpr`` score function (10k users, 10k items, dim 64, 20 known positives excluded per
   user, batch 1024) against the bare blocked score-matrix product on the same embeddings, both timed
   with the helpers of :mod:`benchmarks.bench_full_ranking` (interleaved, best of ``--eval_repeats``).
@@ -43,7 +43,7 @@ from jaxrec.eval import protocols
 from jaxrec.eval.queries import Queries
 from jaxrec.models import registry
 from jaxrec.train import state as state_lib
-from jaxrec.train import step as step_lib
+from jaxrec.train import learner as learner_lib
 
 # name -> (registry name, hparams, users, items, batch, negatives, history length or 0, dropout on).
 TRAIN_CONFIGS = {
@@ -95,7 +95,7 @@ def run_train(name: str, steps: int, repeats: int) -> dict:
   rng = jax.random.key(0)
   params = spec.init(rng, module, registry.sample_batch(spec.family, 2, negs, max(hlen, 1)))
   tx = state_lib.make_optimizer("adam", 1e-3)
-  step = step_lib.jit_train_step(spec.loss_fn(module), tx)
+  step = learner_lib.jit_update(learner_lib.gradient_learner(spec.loss_fn(module), tx))
   host_rng = np.random.default_rng(0)
   batches = [jax.device_put(random_batch(host_rng, spec.family, users, items, batch, negs, hlen))
              for _ in range(steps)]
@@ -146,7 +146,7 @@ def run_eval(repeats: int) -> dict:
   spec = registry.get("mf-bpr")
   module = spec.make(EVAL_USERS, EVAL_ITEMS, dim=EVAL_DIM)
   params = spec.init(jax.random.key(0), module, registry.sample_batch("user"))
-  score_fn = spec.score_fn(module, params)
+  score_fn = spec.score_fn(module)
   queries = eval_queries(np.random.default_rng(0), EVAL_USERS, EVAL_ITEMS, EVAL_EXCLUSIONS)
   proto = protocols.FullRanking(EVAL_CHUNK)
   ue = params["params"]["user_emb"]["embedding"]
@@ -154,7 +154,7 @@ def run_eval(repeats: int) -> dict:
   result = {}
 
   def evaluate():
-    result["r"] = protocols.evaluate(score_fn, queries, proto, EVAL_ITEMS, batch_size=EVAL_BATCH)
+    result["r"] = protocols.evaluate(score_fn, params, queries, proto, EVAL_ITEMS, batch_size=EVAL_BATCH)
 
   def bare():  # Batch by batch, as evaluate runs them.
     for s in range(0, EVAL_USERS, EVAL_BATCH):

@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxrec.train import loop as loop_lib
 from jaxrec.train import state as state_lib
-from jaxrec.train import step as step_lib
+from jaxrec.train import learner as learner_lib
 
 USERS, ITEMS, DIM, BATCH = 10_000, 5_000, 64, 1024
 
@@ -99,7 +99,8 @@ def main():
 
   params, loss_fn, which = _model()
   tx = state_lib.make_optimizer("adam", 1e-3)
-  step = step_lib.jit_train_step(loss_fn, tx)
+  learner = learner_lib.gradient_learner(loss_fn, tx)
+  step = learner_lib.jit_update(learner)
   users, items = _triples(args.interactions)
   batches_fn = make_batches_fn(users, items)
   steps = -(-args.interactions // BATCH)
@@ -113,7 +114,7 @@ def main():
     jax.block_until_ready(state)
     workdir = tempfile.mkdtemp() if args.workdir else None
     t0, c0 = time.perf_counter(), time.process_time()
-    final, _ = loop_lib.train(cfg, state, step, batches_fn, workdir=workdir, rng=rng)
+    final, _ = loop_lib.train(cfg, learner, state, batches_fn, workdir=workdir, rng=rng)
     jax.block_until_ready(final)
     return time.perf_counter() - t0, time.process_time() - c0
 

@@ -41,7 +41,7 @@ def run(model: str, dataset: str, split: str = "leave_last_out", *, config: fit_
   if protocol != "both":
     protocols = {k: v for k, v in protocols.items() if (k == "full") == (protocol == "full")}
   protocols = suite.freeze_protocols(protocols, test_q, prep.num_items)
-  test = suite.evaluate_all(fitted.score_fn, test_q, prep.num_items, protocols,
+  test = suite.evaluate_all(fitted.score_fn, fitted.params, test_q, prep.num_items, protocols,
                             train_counts=sp.train.user_counts())
   evals = [r for r in fitted.history if any(k.startswith("valid/") for k in r)]
   return {"model": model, "dataset": dataset, "split": split, "seed": seed,
@@ -103,7 +103,7 @@ def _experiment(ctx: RunContext) -> ExperimentResult:
     prep = common.prepare(spec, "leave_last_out", seed=ctx.seed, cache_dir=ctx.cache_dir)
     protocols = suite.freeze_protocols(suite.standard_protocols(seed=ctx.seed), prep.test_queries,
                                        prep.num_items)
-    pop = suite.evaluate_all(nonlearned.popularity(prep.split.train), prep.test_queries, prep.num_items,
+    pop = suite.evaluate_all(*nonlearned.popularity(prep.split.train), prep.test_queries, prep.num_items,
                              protocols, train_counts=prep.split.train.user_counts())
     runs = {}
     rows.append({"dataset": prep.name, "model": "Popularity", **suite.flat_row(pop), "train s": 0.0,

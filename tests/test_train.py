@@ -1,4 +1,4 @@
-"""Tests of the training core: state, step, loop (resume, NaN, keep-best), checkpoints, metrics log."""
+"""Tests of the training core: learners, state, loop (resume, NaN, keep-best), stages, checkpoints, log."""
 
 import json
 import os
@@ -14,7 +14,8 @@ from jaxrec.train import checkpoint as checkpoint_lib
 from jaxrec.train import logging as metrics_log
 from jaxrec.train import loop as loop_lib
 from jaxrec.train import state as state_lib
-from jaxrec.train import step as step_lib
+from jaxrec.train import learner as learner_lib
+from jaxrec.train import stages as stages_lib
 
 N, D, B = 48, 3, 8  # 6 batches per epoch.
 STEPS_PER_EPOCH = N // B
@@ -38,7 +39,8 @@ def _loss(params, batch, rng):
 
 
 TX = state_lib.make_optimizer("adam", learning_rate=0.05)
-STEP = step_lib.jit_train_step(_loss, TX)  # Shared: compiled once for the whole file.
+LEARNER = learner_lib.gradient_learner(_loss, TX)
+STEP = learner_lib.jit_update(LEARNER)  # Shared: compiled once for the whole file (the loop uses it too).
 
 
 def _init(seed):
@@ -75,14 +77,14 @@ def _cfg(**kw):
 
 
 def _run(cfg, seed=0, workdir=None, **bkw):
-  return loop_lib.train(cfg, _init(seed), STEP, _batches_fn(seed, **bkw), _eval_fn, workdir,
+  return loop_lib.train(cfg, LEARNER, _init(seed), _batches_fn(seed, **bkw), _eval_fn, workdir,
                         rng=jax.random.key(100 + seed))
 
 
 def test_step_pure_and_jit_agrees():
   batch = next(_batches_fn(0)(0))
   rng = jax.random.key(3)
-  plain = step_lib.make_train_step(_loss, TX)
+  plain = LEARNER.update
   s1, m1 = plain(_init(0), batch, rng)
   s2, m2 = jax.jit(plain)(_init(0), batch, rng)
   s3, m3 = STEP(_init(0), batch, rng)
@@ -95,7 +97,7 @@ def test_step_pure_and_jit_agrees():
   s0 = _init(0)
   plain(s0, batch, rng)
   chex.assert_trees_all_close(s0, _init(0), atol=0)
-  # jit_train_step donates the input state.
+  # jit_update donates the input state.
   s4 = _init(0)
   STEP(s4, batch, rng)
   assert s4.params["w"].is_deleted()
@@ -193,7 +195,7 @@ def test_keep_best_and_early_stopping(tmp_path):
 
   cfg = _cfg(num_epochs=10, eval_every=2, eval_at_epoch_end=False, metric="auc", patience=3,
              checkpoint_every=None)
-  best, history = loop_lib.train(cfg, _init(0), STEP, _batches_fn(0), eval_fn, str(tmp_path),
+  best, history = loop_lib.train(cfg, LEARNER, _init(0), _batches_fn(0), eval_fn, str(tmp_path),
                                  rng=jax.random.key(0))
   evals = [r for r in history if r["kind"] == "eval"]
   assert [r["auc"] for r in evals] == [0.1, 0.5, 0.3, 0.5, 0.2]  # Stopped: 3 evals without improvement.
@@ -245,3 +247,62 @@ def test_metrics_writer_truncates_and_skips_torn_line(tmp_path):
     w.write({"step": 3, "kind": "eval"})
   with open(path) as f:
     assert [json.loads(line)["kind"] for line in f] == ["train", "train", "eval"]
+
+
+def test_loop_takes_any_learner_and_checks_every_float_metric():
+  """A learner whose state is a plain dict and whose metrics have no reserved names."""
+
+  def init(params, rng):
+    del rng
+    return {"p": jax.tree.map(jnp.copy, params), "count": jnp.zeros((), jnp.int32)}
+
+  def update(state, batch, rng):
+    del rng
+    p = jax.tree.map(lambda w: w - 0.1 * w, state["p"])
+    bad = jnp.where(batch["nan"] > 0, jnp.inf, 0.0)
+    return {"p": p, "count": state["count"] + 1}, {"shrink": jnp.float32(0.9) + bad}
+
+  learner = learner_lib.Learner(init=init, update=update, params=lambda s: s["p"])
+  params = {"w": jnp.ones((D,)), "b": jnp.zeros(())}
+  seen = []
+
+  def eval_fn(p):
+    seen.append(float(p["w"][0]))
+    return {"w0": p["w"][0]}
+
+  cfg = _cfg(num_epochs=1, eval_every=None, metric=None, checkpoint_every=None)
+  final, hist = loop_lib.train(cfg, learner, learner.init(params, None), _batches_fn(0), eval_fn,
+                               rng=jax.random.key(0))
+  assert int(final["count"]) == STEPS_PER_EPOCH
+  np.testing.assert_allclose(seen, [0.9 ** STEPS_PER_EPOCH], rtol=1e-6)
+  assert [r["shrink"] for r in hist if r["kind"] == "train"][0] == pytest.approx(0.9)
+  with pytest.raises(FloatingPointError, match=r"at step 3 .*non-finite \['shrink'\]"):
+    loop_lib.train(cfg, learner, learner.init(params, None), _batches_fn(0, nan_at=3), eval_fn,
+                   rng=jax.random.key(0))
+
+
+def test_stages_resume_and_start_from_previous(tmp_path):
+  """Two stages: the second starts from the first's best params; a rerun restores both, no retraining."""
+  cfg = _cfg(num_epochs=2, eval_every=None, checkpoint_every=None)
+
+  def init_from_previous(params, rng):
+    del rng
+    return state_lib.create(jax.tree.map(lambda x: x * 0.5, params), TX)
+
+  stages = [stages_lib.Stage("one", LEARNER, _batches_fn(0), cfg, _eval_fn),
+            stages_lib.Stage("two", LEARNER, _batches_fn(1), cfg, _eval_fn, init=init_from_previous)]
+  params0 = {"w": jnp.full((D,), 0.1), "b": jnp.zeros(())}
+  p1, hists = stages_lib.run_stages(stages, params0, rng=jax.random.key(0), workdir=str(tmp_path))
+  assert set(hists) == {"one", "two"}
+  assert os.path.isdir(tmp_path / "one" / "checkpoints") and os.path.isdir(tmp_path / "two" / "checkpoints")
+  # The same by hand: stage one's loop, its best params halved, stage two's loop (keys as documented).
+  keys = [jax.random.split(jax.random.fold_in(jax.random.key(0), i)) for i in range(2)]
+  one, _ = loop_lib.train(cfg, LEARNER, state_lib.create(params0, TX), _batches_fn(0), _eval_fn,
+                          rng=keys[0][1])
+  two, _ = loop_lib.train(cfg, LEARNER, init_from_previous(one.params, keys[1][0]), _batches_fn(1),
+                          _eval_fn, rng=keys[1][1])
+  chex.assert_trees_all_close(two.params, p1, atol=0, rtol=0)
+  again, _ = stages_lib.run_stages(stages, params0, rng=jax.random.key(0), workdir=str(tmp_path))
+  chex.assert_trees_all_close(again, p1, atol=0, rtol=0)
+  with pytest.raises(ValueError, match="distinct"):
+    stages_lib.run_stages([stages[0], stages[0]], params0, rng=jax.random.key(0))

@@ -1,8 +1,9 @@
-"""The functional training core: state, pure train step, loop, Orbax checkpoints, fitting recipes."""
+"""The functional training core: learners, state, loop, stages, Orbax checkpoints, fitting recipes."""
 
+from jaxrec.train.learner import Learner, gradient_learner, jit_update
 from jaxrec.train.loop import LoopConfig, train
+from jaxrec.train.stages import Stage, run_stages
 from jaxrec.train.state import TrainState, create, make_optimizer
-from jaxrec.train.step import jit_train_step, make_train_step
 
-__all__ = ["LoopConfig", "TrainState", "create", "jit_train_step", "make_optimizer", "make_train_step",
-           "train"]
+__all__ = ["Learner", "LoopConfig", "Stage", "TrainState", "create", "gradient_learner", "jit_update",
+           "make_optimizer", "run_stages", "train"]

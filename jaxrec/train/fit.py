@@ -24,6 +24,7 @@ This composes the shared pieces (``jaxrec.data.samplers`` for windows and negati
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Mapping, Optional
 
@@ -233,9 +234,8 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
   sample = next(iter(epoch_batches({k: v[:2] for k, v in examples.items()}, known, train.num_items,
                                    dataclasses.replace(config, batch_size=2), seed, 0)))
   params = spec.init(init_rng, module, sample)
-  tx = state_lib.make_optimizer(config.optimizer, config.learning_rate, weight_decay=config.weight_decay,
-                                clip_norm=config.clip_norm)
-  learner = _fit_learner(spec, module, config.loss, tx)
+  tx_key = (config.optimizer, config.learning_rate, config.weight_decay, config.clip_norm)
+  learner = _fit_learner(model, module, config.loss, tx_key)
   state = learner.init(params, init_rng)
 
   eval_fn = None
@@ -265,7 +265,10 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
 
 
 @functools.lru_cache(maxsize=None)
-def _fit_learner(spec: registry.ModelSpec, module, loss: Optional[str],
-                 tx_key: Any) -> learner_lib.Learner:
-  """One learner (so one compiled update) per (model, module, loss, optimizer settings)."""
-  return learner_lib.gradient_learner(spec.loss_fn(module, loss), _optimizer(tx_key))
+def _fit_learner(model: str, module, loss: Optional[str], tx_key: Any) -> learner_lib.Learner:
+  """One learner (so one compiled update) per (model, module, loss, optimizer settings): another seed or
+  number of epochs reuses the compiled update."""
+  spec = registry.get(model)
+  name, lr, wd, clip = tx_key
+  tx = state_lib.make_optimizer(name, lr, weight_decay=wd, clip_norm=clip)
+  return learner_lib.gradient_learner(spec.loss_fn(module, loss), tx)

@@ -1,12 +1,16 @@
 """The training loop: steps, evaluation, keep-best, early stopping, logging, NaN checks and resume.
 
-`train` drives a pure, jitted `step(state, batch, rng) -> (state, metrics)` (see
-`jaxrec.train.step`) over `batches_fn(epoch)`, an iterator of static-shape host batches whose order
-must be a function of (seed, epoch) only. Per-step keys are `jax.random.fold_in(rng, step)`.
+`train` drives any :class:`jaxrec.train.learner.Learner` (``init``/``update``/``params`` over a pytree
+state) over `batches_fn(epoch)`, an iterator of static-shape host batches whose order must be a function
+of (seed, epoch) only. ``learner.update`` is jitted with the state donated (`learner.jit_update`); per-step
+keys are `jax.random.fold_in(rng, step)`, where ``step`` counts the updates of this run (the loop's own
+counter, checkpointed; the state need not carry one).
 
-Host syncs are rare: the step metrics stay on device and are fetched every `log_every` steps (and
-before every evaluation, checkpoint and at the end); the fetched `is_finite` flags name the first
-non-finite step exactly. Parameters are checked for NaN/Inf at the same points.
+Host syncs are rare: the update metrics stay on device and are fetched every `log_every` steps (and
+before every evaluation, checkpoint and at the end); every floating-point metric the learner reports is
+checked, and the first non-finite step is named exactly (a boolean ``is_finite`` metric, when reported,
+is checked too). No metric name is required. The whole state is checked for NaN/Inf at the same points.
+Evaluation and keep-best see ``learner.params(state)``; checkpoints hold the whole state.
 
 Resume: with a `workdir`, a checkpoint (state + loop position: epoch, batches consumed in the
 epoch, best metric and step, patience counter, partially accumulated log window, rng) is written
@@ -35,11 +39,11 @@ import tqdm
 
 from jaxrec import io
 from jaxrec.train import checkpoint as checkpoint_lib
+from jaxrec.train import learner as learner_lib
 from jaxrec.train import logging as metrics_log
-from jaxrec.train.state import TrainState
 
 Batch = Mapping[str, Any]
-StepFn = Callable[[TrainState, Batch, jax.Array], Tuple[TrainState, Mapping[str, jax.Array]]]
+State = Any
 EvalFn = Callable[[Any], Mapping[str, Any]]
 
 
@@ -49,7 +53,7 @@ class LoopConfig:
 
   Attributes:
     num_epochs: number of passes over `batches_fn(epoch)`.
-    max_steps: pause once `state.step` reaches this (a checkpoint is written); calling `train` again
+    max_steps: pause once this run has made this many updates (a checkpoint is written); calling `train` again
       with the same workdir and a larger/None `max_steps` continues. None: no limit.
     log_every: steps between train records (mean of the step metrics over the window); also the
       interval of the device->host metric fetch and NaN check.
@@ -143,10 +147,11 @@ def _copy(tree: Any) -> Any:
 class _Run:
   """Mutable bookkeeping of one `train` call (kept out of the public, functional API)."""
 
-  def __init__(self, config: LoopConfig, train_step: StepFn, eval_fn: Optional[EvalFn],
+  def __init__(self, config: LoopConfig, learner: learner_lib.Learner, eval_fn: Optional[EvalFn],
                workdir: Optional[str]):
     self.cfg = config
-    self.train_step = train_step
+    self.learner = learner
+    self.train_step = learner_lib.jit_update(learner)
     self.eval_fn = eval_fn
     self.workdir = workdir
     self.pos = _Position()
@@ -154,7 +159,7 @@ class _Run:
     self.ckpt: Optional[checkpoint_lib.Checkpointer] = None
     self.writer: Optional[metrics_log.MetricsWriter] = None
     self.history: List[dict] = []
-    self.best_state: Optional[TrainState] = None
+    self.best_state: Optional[State] = None
     self.pending_metric: Optional[float] = None
     self.last_log_time = time.perf_counter()
     self.last_log_step = 0
@@ -165,8 +170,8 @@ class _Run:
     else:
       self.history.append(io.to_json_compatible(rec))
 
-  def drain(self, state: TrainState) -> None:
-    """Fetches pending step metrics, raises on the first non-finite one, accumulates the window."""
+  def drain(self, state: State) -> None:
+    """Fetches pending update metrics, raises on the first non-finite one, accumulates the window."""
     if not self.pending:
       return
     steps = [s for s, _ in self.pending]
@@ -174,19 +179,22 @@ class _Run:
     self.pending.clear()
     pos = self.pos
     for s, m in zip(steps, host):
-      if not bool(m["is_finite"]):
+      bad = sorted(k for k, v in m.items()
+                   if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.all(np.isfinite(v)))
+      if bad or not bool(np.all(m.get("is_finite", True))):
+        shown = ", ".join(f"{k}={np.asarray(v).ravel()[:4].tolist()}" for k, v in sorted(m.items())
+                          if k != "is_finite")
         raise FloatingPointError(
-            f"Non-finite loss or gradient at step {s} (0-based update index = state.step before the "
-            f"update = fold_in index of its rng; epoch {pos.epoch}): loss={float(m['loss'])}, "
-            f"grad_norm={float(m['grad_norm'])}.")
+            f"Non-finite update at step {s} (0-based update index of this run = fold_in index of its "
+            f"rng; epoch {pos.epoch}): non-finite {bad or ['is_finite']}; metrics: {shown}.")
       for k, v in m.items():
         if k != "is_finite":
           pos.window_sums[k] = pos.window_sums.get(k, 0.0) + float(np.mean(v))
       pos.window_count += 1
-    if not bool(_all_finite(state.params)):
+    if not bool(_all_finite(state)):
       raise FloatingPointError(
-          f"Non-finite parameters after step {steps[-1]} (first checked after steps {steps[0]}.."
-          f"{steps[-1]}; loss and gradients were finite).")
+          f"Non-finite state (parameters or optimizer state) after step {steps[-1]} (first checked "
+          f"after steps {steps[0]}..{steps[-1]}; the reported metrics were finite).")
 
   def log_window(self, pbar: tqdm.tqdm) -> None:
     pos = self.pos
@@ -202,11 +210,11 @@ class _Run:
     pbar.set_postfix(epoch=pos.epoch, loss=f"{means.get('loss', float('nan')):.4g}", refresh=False)
     pos.window_sums, pos.window_count = {}, 0
 
-  def evaluate(self, state: TrainState) -> None:
+  def evaluate(self, state: State) -> None:
     """Runs `eval_fn`, updates best/patience, records, and marks the step for a checkpoint."""
     self.drain(state)
     cfg, pos = self.cfg, self.pos
-    metrics = {k: float(np.asarray(v)) for k, v in self.eval_fn(state.params).items()}
+    metrics = {k: float(np.asarray(v)) for k, v in self.eval_fn(self.learner.params(state)).items()}
     improved = False
     if cfg.metric is not None:
       if cfg.metric not in metrics:
@@ -230,7 +238,7 @@ class _Run:
                    pos.step, cfg.metric, pos.bad_evals, pos.best_value, pos.best_step)
       pos.done = True
 
-  def save(self, state: TrainState) -> None:
+  def save(self, state: State) -> None:
     if self.ckpt is not None:
       self.drain(state)  # Never checkpoint a state whose steps were not checked.
       meta = {"loop": dataclasses.asdict(self.pos)}
@@ -240,25 +248,25 @@ class _Run:
 
 def train(
     config: LoopConfig,
-    state: TrainState,
-    train_step: StepFn,
+    learner: learner_lib.Learner,
+    state: State,
     batches_fn: Callable[[int], Iterable[Batch]],
     eval_fn: Optional[EvalFn] = None,
     workdir: Optional[str] = None,
     *,
     rng: jax.Array,
-) -> Tuple[TrainState, List[dict]]:
-  """Trains `state` with `train_step` over `config.num_epochs` epochs of `batches_fn(epoch)`.
+) -> Tuple[State, List[dict]]:
+  """Trains `state` with `learner.update` over `config.num_epochs` epochs of `batches_fn(epoch)`.
 
   Args:
     config: the `LoopConfig`.
-    state: the initial `TrainState` (ignored, except for its structure, when `workdir` holds a
-      checkpoint). If `train_step` donates its input, `state` is invalid after this call.
-    train_step: `step(state, batch, rng) -> (state, metrics)`, usually `jit_train_step(...)`;
-      metrics must include `loss`, `grad_norm` and `is_finite`.
+    learner: any :class:`jaxrec.train.learner.Learner`; its ``update`` is jitted with the state donated.
+    state: the initial state, ``learner.init(params, rng)`` (ignored, except for its structure, when
+      `workdir` holds a checkpoint). It is donated: invalid after this call.
     batches_fn: `batches_fn(epoch)` -> iterable of static-shape batches (host numpy dicts), in an
       order that depends only on (seed, epoch).
-    eval_fn: `eval_fn(params) -> {name: scalar}`; called every `eval_every` steps and at epoch ends.
+    eval_fn: `eval_fn(learner.params(state)) -> {name: scalar}`; called every `eval_every` steps and at
+      epoch ends.
     workdir: directory for `checkpoints/` and `metrics.jsonl`; if it holds a checkpoint the run
       resumes from the latest one. None: no checkpoints, no files.
     rng: base PRNG key; step `s` uses `fold_in(rng, s)`. On resume the checkpointed key is used.
@@ -274,13 +282,12 @@ def train(
     raise ValueError(f"mode must be 'max' or 'min', got {config.mode!r}")
   if config.metric is not None and eval_fn is None:
     raise ValueError("LoopConfig.metric is set but no eval_fn was given.")
-  run = _Run(config, train_step, eval_fn, workdir)
+  run = _Run(config, learner, eval_fn, workdir)
   pos = run.pos
   abstract = checkpoint_lib.abstract_like(state)
   # Commit the state to its shardings, as restored checkpoints are: the jitted step then sees the
   # same argument signature in fresh and resumed runs and compiles once.
   state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
-  pos.step = int(state.step)
   pos.rng = _key_data(rng)
   try:
     if workdir is not None:
@@ -310,8 +317,8 @@ def train(
   return best, run.history
 
 
-def _loop(run: _Run, state: TrainState, batches_fn: Callable[[int], Iterable[Batch]],
-          rng: jax.Array) -> TrainState:
+def _loop(run: _Run, state: State, batches_fn: Callable[[int], Iterable[Batch]],
+          rng: jax.Array) -> State:
   """The epoch/step loop of `train`; returns the last state."""
   cfg, pos = run.cfg, run.pos
   total = cfg.steps_per_epoch * cfg.num_epochs if cfg.steps_per_epoch else None

@@ -3,7 +3,7 @@
 `TrainState` holds everything a train step reads and writes: the step counter, the parameters and the
 optimizer state. It is a pure pytree (a `flax.struct.dataclass`), so it can be jitted, donated, saved
 with Orbax and restored into an abstract target. The optimizer (`optax.GradientTransformation`) is
-not part of the state: the step function closes over it (see `jaxrec.train.step`).
+not part of the state: the update function closes over it (see `jaxrec.train.learner`).
 """
 
 from __future__ import annotations
