@@ -174,15 +174,50 @@ def _project(phi, radius):
   return phi * jnp.minimum(1.0, radius / jnp.maximum(norm, 1e-300))
 
 
-def loss(phi, x, y, c):
-  """l(phi, x, y) = -y x^T phi + log(1 + exp(x^T phi)) + c ||phi||^2 (Setting (A))."""
+# The regulariser of Setting (A), two readings. "literal": c ||phi||^2, as extracted; gradient
+# (sigma - y) x + 2 c phi, 2c-strongly convex. "half": (c/2) ||phi||^2, what the proof of Theorem A.1
+# uses (it calls l c-strongly convex and writes the gradient (sigma - y) x + c phi).
+REGULARISERS = ("literal", "half")
+
+
+def reg_factor(regulariser: str) -> float:
+  """k in grad = (sigma - y) x + k c phi: 2 for "literal" (c ||phi||^2), 1 for "half" ((c/2)||phi||^2)."""
+  if regulariser not in REGULARISERS:
+    raise ValueError(f"regulariser={regulariser!r}, expected one of {REGULARISERS}")
+  return 2.0 if regulariser == "literal" else 1.0
+
+
+def loss(phi, x, y, c, regulariser="literal"):
+  """l(phi, x, y) = -y x^T phi + log(1 + exp(x^T phi)) + (k c / 2) ||phi||^2 (Setting (A)).
+
+  k = :func:`reg_factor` (``regulariser``): "literal" gives c ||phi||^2, "half" (c/2) ||phi||^2.
+  """
   z = x @ phi
-  return -y * z + jax.nn.softplus(z) + c * jnp.sum(phi**2)
+  return -y * z + jax.nn.softplus(z) + 0.5 * reg_factor(regulariser) * c * jnp.sum(phi**2)
 
 
-def loss_grad(phi, x, y, c):
-  """d l / d phi = (sigmoid(x^T phi) - y) x + 2 c phi (note 2c: the paper writes c phi)."""
-  return (jax.nn.sigmoid(x @ phi) - y) * x + 2.0 * c * phi
+def loss_grad(phi, x, y, c, regulariser="literal"):
+  """d l / d phi = (sigmoid(x^T phi) - y) x + k c phi: 2c phi "literal", c phi (the proof's) "half"."""
+  return (jax.nn.sigmoid(x @ phi) - y) * x + reg_factor(regulariser) * c * phi
+
+
+def gradient_bound(b_x, c, b_phi, regulariser):
+  """The proof's bound B >= ||dl/dphi|| on ||x|| <= B_x, ||phi|| <= B_phi (Theorem A.1's B).
+
+  |sigma - y| < 1 gives B = B_x + k c B_phi: B_x + 2c B_phi under "literal" (c ||phi||^2), and the
+  paper's B_x + c B_phi under "half" ((c/2) ||phi||^2, the reading the proof's gradient fits).
+  """
+  return b_x + reg_factor(regulariser) * c * b_phi
+
+
+def gradient_sup(b_x, c, b_phi, regulariser):
+  """The exact sup of ||dl/dphi|| over the domain: sigmoid(B_x B_phi) B_x + k c B_phi.
+
+  ||s x + k c phi||^2 with s = sigmoid(x^T phi) - y grows with x^T phi (y = 0) or -x^T phi (y = 1),
+  so the sup is at x = +-B_x phi / ||phi||, ||phi|| = B_phi; B of :func:`gradient_bound` exceeds it
+  by (1 - sigmoid(B_x B_phi)) B_x.
+  """
+  return jax.nn.sigmoid(b_x * b_phi) * b_x + reg_factor(regulariser) * c * b_phi
 
 
 def risk(phi, items, probs, c):
@@ -287,8 +322,37 @@ def population(key, setting):
               max_norm=float(jnp.linalg.norm(phis, axis=1).max()))
 
 
+def sgd_asymptotic_trace(items, probs, phi_opt, c):
+  """lim_T T E||phi(z[T]) - phi*||^2 for SGD with step a/t, a = 1/c (the offline SGD of Prop. A.1).
+
+  Classical SGD asymptotics (Fabian 1968; Polyak & Juditsky 1992): with H the Hessian of R_mu at phi*
+  and S the covariance of the one-sample gradient there, T E[(phi_T - phi*)(phi_T - phi*)^T] -> V,
+  the solution of the Lyapunov equation (a H - I/2) V + V (a H - I/2) = a^2 S (valid since
+  a H >= 2 I under the "literal" loss, whose Hessian is >= 2c I). Returns tr(V), exact over the pool
+  (x uniform, y ~ Bernoulli(p)); numpy float64. Projection is inactive asymptotically (phi* interior).
+  """
+  items, probs, phi_opt = (np.asarray(v, np.float64) for v in (items, probs, phi_opt))
+  k, d = items.shape
+  s = 1.0 / (1.0 + np.exp(-(items @ phi_opt)))
+  hess = (items.T * (s * (1.0 - s))) @ items / k + 2.0 * c * np.eye(d)
+  second = (s - probs) ** 2 + probs * (1.0 - probs)  # E_y (sigma - y)^2 per item
+  mean = items.T @ (s - probs) / k  # E (sigma - y) x; the 2c phi* term shifts the mean, not S
+  cov = (items.T * second) @ items / k - np.outer(mean, mean)
+  a = 1.0 / c
+  lyap = a * hess - 0.5 * np.eye(d)
+  op = np.kron(np.eye(d), lyap) + np.kron(lyap, np.eye(d))
+  v = np.linalg.solve(op, (a**2 * cov).reshape(-1)).reshape(d, d)
+  return float(np.trace(v))
+
+
 def simulate_prop_a1(key, setting, pop, n_users, n_seeds, t_max):
-  """Monte Carlo E||phi(z[T]) - phi*||^2 for T = 1..t_max, averaged over users and seeds (Prop. A.1)."""
+  """Monte Carlo E||phi(z[T]) - phi*||^2 for T = 1..t_max, averaged over users and seeds (Prop. A.1).
+
+  Besides the Prop. A.1 ratio, returns the informative check ``asym_ratio``: the mean over the
+  ``n_users * n_seeds`` independent runs of (mean over T in (t_max/2, t_max] of T ||phi_T - phi*||^2)
+  / tr(V_mu) (:func:`sgd_asymptotic_trace`), with its standard error ``asym_se`` across runs; it is
+  1 + O(1/t_max) if the simulation is right.
+  """
   items, c, b_phi = setting.items, setting.c, setting.b_phi
 
   def one(k, p, ref):
@@ -303,8 +367,13 @@ def simulate_prop_a1(key, setting, pop, n_users, n_seeds, t_max):
   se = np.asarray(errs.mean(axis=1).std(axis=0) / math.sqrt(n_users)) if n_users > 1 else np.zeros_like(mse)
   bound = float(q_mu.mean()) / (t + 1.0)
   per_user_ratio = np.asarray(errs.mean(axis=1) * (t + 1.0) / q_mu[:, None])  # <= 1 per user if A.1 holds
+  tr_v = np.array([sgd_asymptotic_trace(items, p, ref, c)
+                   for p, ref in zip(setting.probs[:n_users], pop["phis"][:n_users])])
+  late = t > t_max // 2
+  per_run = (np.asarray(errs)[:, :, late] * t[late]).mean(axis=2) / tr_v[:, None]  # [U, S]
   return dict(t=t, mse=mse, se=se, bound=bound, max_ratio=float(per_user_ratio.max()),
-              q_emp=float(np.max(mse * (t + 1.0))))
+              q_emp=float(np.max(mse * (t + 1.0))), tr_v=tr_v, asym_ratio=float(per_run.mean()),
+              asym_se=float(per_run.std(ddof=1) / math.sqrt(per_run.size)))
 
 
 def simulate_setting_a(key, setting, pop, alpha, n, t_max, t_grid, gamma_mode="paper", gamma_fixed=None):
