@@ -1,11 +1,11 @@
 r"""Train any registered base model and evaluate it under both protocols.
 
-    python -m experiments.train --model=sasrec --dataset=ml-100k --split=leave_last_out \
-        --workdir=runs/sasrec-ml100k
+    python -m experiments.train --dataset=ml-100k --workdir=runs/sasrec-ml100k \
+        --config.model=sasrec --config.fit.epochs=20 --config.fit.learning_rate=0.001
 
 writes ``results.json`` (test metrics per protocol and user segment, validation history, training
-time, the full flag set), Orbax checkpoints and ``metrics.jsonl`` into the workdir; re-running the same
-command resumes from the last checkpoint. Models: ``jaxrec.models.registry.names()``.
+time, the flags and the config), Orbax checkpoints and ``metrics.jsonl`` into the workdir; re-running
+the same command resumes from the last checkpoint. Models: ``jaxrec.models.registry.names()``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from experiments import common, plots
+from experiments import common, configs, plots
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
 from jaxrec.eval import suite
 from jaxrec.models import nonlearned, registry
@@ -113,15 +113,11 @@ def _experiment(ctx: RunContext) -> ExperimentResult:
       config = quick_config(model, ctx.suite)
       res = run(model, spec, "leave_last_out", config=config, seed=ctx.seed, prepared=prep)
       out[f"{spec}/{model}"] = runs[model] = res
-      flags_ = {"model": model, "dataset": spec, "split": "leave_last_out", "epochs": config.epochs,
-                "batch_size": config.batch_size, "sequence_batch_size": config.sequence_batch_size,
-                "history_len": config.history_len,
-                "learning_rate": config.learning_rate, "num_negatives": config.num_negatives,
-                "patience": config.patience, "seed": ctx.seed,
-                "workdir": f"runs/train/{model}-{prep.name}"}
+      command = command_for(spec, "leave_last_out", ctx.seed,
+                            TrainConfig(model=model, fit=dataclasses.replace(config, progress=True)),
+                            f"runs/train/{model}-{prep.name}")
       rows.append({"dataset": prep.name, "model": model, **suite.flat_row(res["test"]),
-                   "train s": res["train_seconds"],
-                   "command": common.command_line("experiments.train", flags_)})
+                   "train s": res["train_seconds"], "command": command})
     figures += _figures(ctx, prep.name, runs, pop)
   return ExperimentResult(
       figures=figures,
@@ -136,48 +132,70 @@ EXPERIMENT = Experiment(name="base_models", title="Base recommenders (foundation
                         order=20)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The binary's configuration (``--config.FIELD=...``, see experiments/configs.py).
+
+  Attributes:
+    model: registered model name (``jaxrec.models.registry.names()``).
+    protocol: test protocol(s): ``"full"``, ``"sampled"`` or ``"both"``.
+    eval_negatives: sampled negatives per test positive.
+    hparams: model hyper-parameters overriding the registry defaults (a JSON dict).
+    fit: the training hyper-parameters (:class:`jaxrec.train.fit.FitConfig`).
+  """
+
+  model: str = "mf-bpr"
+  protocol: str = "both"
+  eval_negatives: int = 99
+  hparams: str = "{}"
+  fit: fit_lib.FitConfig = fit_lib.FitConfig(progress=True)
+
+
+def command_for(dataset: str, split: str, seed: int, config: TrainConfig, workdir: str) -> str:
+  """The command that reproduces a run with ``config`` (only fields that differ from the defaults)."""
+  return common.command_line("experiments.train", {
+      "dataset": dataset, "split": split, "seed": seed, "workdir": workdir,
+      **configs.overrides(config, TrainConfig())})
+
+
 @common.friendly_errors
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  config = fit_lib.FitConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                             sequence_batch_size=FLAGS.sequence_batch_size,
-                             num_negatives=FLAGS.num_negatives, history_len=FLAGS.history_len,
-                             learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
-                             loss=FLAGS.loss, patience=FLAGS.patience, progress=FLAGS.progress)
-  workdir = FLAGS.workdir or f"runs/train/{FLAGS.model}"
+  cfg = configs.value(_CONFIG)
+  if cfg.model not in registry.names():
+    raise SystemExit(f"error: --config.model={cfg.model!r} is not a registered model; "
+                     f"registered: {registry.names()}")
+  if cfg.protocol not in ("full", "sampled", "both"):
+    raise SystemExit(f"error: --config.protocol must be full, sampled or both, got {cfg.protocol!r}")
+  try:
+    hparams = json.loads(cfg.hparams)
+  except json.JSONDecodeError as e:
+    raise SystemExit(f"error: --config.hparams is not a JSON dict: {e}") from None
+  workdir = FLAGS.workdir or f"runs/train/{cfg.model}"
   os.makedirs(workdir, exist_ok=True)
-  results = run(FLAGS.model, FLAGS.dataset, FLAGS.split, config=config, seed=FLAGS.seed,
-                hparams=json.loads(FLAGS.hparams), workdir=workdir, cache_dir=FLAGS.cache_dir,
-                protocol=FLAGS.protocol, eval_negatives=FLAGS.eval_negatives)
+  results = run(cfg.model, FLAGS.dataset, FLAGS.split, config=cfg.fit, seed=FLAGS.seed,
+                hparams=hparams, workdir=workdir, cache_dir=FLAGS.cache_dir,
+                protocol=cfg.protocol, eval_negatives=cfg.eval_negatives)
   results["command"] = common.this_command()
   results["flags"] = common.flag_values()
+  results["train_config"] = configs.to_dict(cfg)
   path = common.write_results(workdir, results)
   for pname, pr in results["test"].items():
     s = pr["summary"]
-    print(f"{FLAGS.model} {pname:10s} HR@10={s['HR@10']:.4f} NDCG@10={s['NDCG@10']:.4f} MRR={s['MRR']:.4f}"
+    print(f"{cfg.model} {pname:10s} HR@10={s['HR@10']:.4f} NDCG@10={s['NDCG@10']:.4f} MRR={s['MRR']:.4f}"
           f"  ({pr['protocol']})")
   print(f"trained in {results['train_seconds']:.1f} s; wrote {path}")
 
 
 def define_flags():
   """Defines this binary's flags (only when run as a program, so modules import cleanly)."""
+  global _CONFIG  # pylint: disable=global-statement
   common.define_data_flags("leave_last_out", None, ["leave_last_out", "chronological", "user_holdout"])
-  flags.DEFINE_enum("model", "mf-bpr", registry.names(), "Model to train.")
-  flags.DEFINE_enum("protocol", "both", ["full", "sampled", "both"], "Test protocol(s).")
-  flags.DEFINE_integer("eval_negatives", 99, "Sampled negatives per test positive.")
-  flags.DEFINE_integer("epochs", 10, "Training epochs.")
-  flags.DEFINE_integer("batch_size", 256, "Examples per step (user models, window-trained sequence models).")
-  flags.DEFINE_integer("sequence_batch_size", 32, "Sequences per step (GRU4Rec, SASRec: all positions).")
-  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-  flags.DEFINE_float("weight_decay", 0.0, "Weight decay.")
-  flags.DEFINE_integer("num_negatives", 100, "Sampled training negatives per positive.")
-  flags.DEFINE_integer("history_len", 50, "Input window of sequence models.")
-  flags.DEFINE_string("loss", None, "Loss (default: the model's).")
-  flags.DEFINE_integer("patience", 3, "Early stopping patience (evaluations).")
-  flags.DEFINE_string("hparams", "{}", "JSON dict of model hyper-parameters.")
-  flags.DEFINE_bool("progress", True, "Show a progress bar.")
+  _CONFIG = configs.define(TrainConfig())
 
+
+_CONFIG = None
 
 if __name__ == "__main__":
   define_flags()
