@@ -5,7 +5,8 @@ Each ``load_*`` function reads one dataset's published file format from a path t
 items are encoded with :class:`~jaxrec.data.log.Vocab` (indices in sorted raw-id order), whose
 timestamps are int64 unix seconds (date strings without a zone are read as UTC), and whose rating is
 float32 when the format has one. :data:`FORMATS` maps a format name to its reader and :func:`load`
-dispatches on it, so experiment binaries can take ``--dataset=PATH --format=NAME``.
+dispatches on it; experiment binaries take ``--dataset=FORMAT:PATH?option=value&...``
+(:mod:`jaxrec.data.datasets`).
 
 Streaming: delimited files go through ``pyarrow.csv.open_csv`` with a fixed block size, ``::``
 files are cut into byte chunks at line ends, ``::`` replaced by a tab and parsed by pyarrow, JSON
@@ -825,20 +826,53 @@ def _recbole_item_features(src: Source, vocab: Vocab, item_field: str) -> np.nda
 # -- generic CSV / Parquet ------------------------------------------------------------------------
 
 
-def load_csv(path, *, user: str = "user", item: str = "item", timestamp: Optional[str] = None,
+AUTO = "auto"  # ``timestamp=AUTO``: the column named ``timestamp`` when the file has one, else row order
+TIME_COLUMN = "timestamp"
+
+
+def _auto_time(timestamp: Optional[str], names: Sequence[str]) -> Optional[str]:
+  if timestamp != AUTO:
+    return timestamp
+  return TIME_COLUMN if TIME_COLUMN in names else None
+
+
+def generic_column_map(format: str, path, *, user: str = "user", item: str = "item",  # pylint: disable=redefined-builtin
+                       timestamp: Optional[str] = AUTO, rating: Optional[str] = None,
+                       delimiter: str = ",", **unused) -> Dict[str, Optional[str]]:
+  """Which file column :func:`load_csv` / :func:`load_parquet` read as what, from the header only.
+
+  Returns:
+    ``{"user": COLUMN, "item": COLUMN, "timestamp": COLUMN or None, "rating": COLUMN or None}``;
+    a None timestamp means the row order is the time.
+  """
+  del unused
+  src = _source(path)
+  if format == "parquet":
+    names = pq.ParquetFile(src.path).schema_arrow.names
+  else:
+    with src.open() as f:
+      first = f.readline().decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
+    names = next(csv.reader([first], delimiter=delimiter)) if first else []
+  return {"user": user, "item": item, "timestamp": _auto_time(timestamp, names), "rating": rating}
+
+
+def load_csv(path, *, user: str = "user", item: str = "item", timestamp: Optional[str] = AUTO,
              rating: Optional[str] = None, delimiter: str = ",", time_format: Optional[str] = None,
              id_type: str = "auto", name: Optional[str] = None) -> InteractionLog:
   """A delimited file with a header; columns picked by name.
 
   Args:
     timestamp: the time column (numbers = unix seconds, or ISO date/time strings, or strings in
-      ``time_format`` for ``strptime``); None -> row order.
+      ``time_format`` for ``strptime``); ``"auto"`` (default): the column named ``timestamp`` if the
+      header has one, else none; None -> the row order is the time.
     id_type: ``"auto"`` infers integer or string ids (falling back to strings if a later chunk
       has a non-integer id), ``"str"`` always reads them as strings (keeps leading zeros).
   """
   if id_type not in ("auto", "str"):
     raise DataError(f"csv: id_type={id_type!r}, expected 'auto' or 'str'")
   src = _source(path)
+  if timestamp == AUTO:
+    timestamp = generic_column_map("csv", src, delimiter=delimiter)["timestamp"]
   cols = [user, item, rating, timestamp]
   include = [c for c in cols if c is not None]
   name = name or os.path.splitext(os.path.basename(src.name))[0]
@@ -870,13 +904,14 @@ def load_csv(path, *, user: str = "user", item: str = "item", timestamp: Optiona
   raise AssertionError("unreachable")
 
 
-def load_parquet(path, *, user: str = "user", item: str = "item", timestamp: Optional[str] = None,
+def load_parquet(path, *, user: str = "user", item: str = "item", timestamp: Optional[str] = AUTO,
                  rating: Optional[str] = None, time_format: Optional[str] = None,
                  name: Optional[str] = None, batch_size: int = 1 << 20) -> InteractionLog:
   """A Parquet file, streamed by row batches; columns picked by name (timestamps as in load_csv)."""
   src = _source(path)
   pf = pq.ParquetFile(src.path)
   existing = pf.schema_arrow.names
+  timestamp = _auto_time(timestamp, existing)
   include = [c for c in (user, item, rating, timestamp) if c is not None]
   missing = [c for c in include if c not in existing]
   if missing:
