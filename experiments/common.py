@@ -11,20 +11,22 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxrec import io
-from jaxrec.data import datasets, preprocess, splits
+from jaxrec.data import datasets, splits
 from jaxrec.data.log import DataError, InteractionLog
+from jaxrec.eval import paper_protocols
 from jaxrec.eval.queries import Queries
 
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-  """A dataset, its split, and the validation/test queries (known positives excluded)."""
+  """A dataset, its split, and the validation/test queries, under ``protocol``."""
 
   spec: str
   log: InteractionLog
   split: splits.Split
   valid_queries: Queries
   test_queries: Queries
+  protocol: Optional[paper_protocols.EvalProtocol] = None
 
   @property
   def name(self) -> str:
@@ -35,29 +37,27 @@ class Prepared:
     return self.log.num_items
 
 
-# Splits that evaluate "the next item" per user: repeated (user, item) pairs are dropped first (keeping
-# the earliest), as in the TP/SASRec protocols, so a test positive is never an item the user already had.
-# The chronological split (2TS "interaction prediction") keeps repeat consumption.
-DEDUPLICATE_FOR = ("leave_last_out", "user_holdout", "context_holdout")
-
-
 def prepare(spec: str, split: str, *, seed: int = 0, cache_dir: Optional[str] = None,
-            log: Optional[InteractionLog] = None, deduplicate: Optional[bool] = None) -> Prepared:
-  """Loads ``spec`` (unless ``log`` is given), splits it, and builds queries.
+            log: Optional[InteractionLog] = None, deduplicate: Optional[bool] = None,
+            protocol: Optional[str] = None) -> Prepared:
+  """Loads ``spec`` (unless ``log`` is given) and applies its protocol (:mod:`jaxrec.eval.paper_protocols`).
 
-  Validation queries exclude the user's training items; test queries exclude training and validation
-  items (the "filtered" full-ranking protocol; the sampled protocol never draws them as negatives).
-  ``deduplicate`` (default: ``split in DEDUPLICATE_FOR``) keeps the first of repeated (user, item) rows.
+  The protocol is ``protocol`` (a name in ``paper_protocols.PROTOCOLS``) or the one named for
+  ``split`` (``paper_protocols.FOR_SPLIT``: leave-last-out and the hold-outs drop repeated (user,
+  item) rows and exclude known items; chronological keeps repeats), with every seed set to
+  ``seed``; ``deduplicate`` overrides its de-duplication.
   """
+  proto = paper_protocols.get(protocol) if protocol else paper_protocols.for_split(split)
+  if proto.split != split:
+    raise ValueError(f"prepare: protocol {proto.name!r} uses split {proto.split!r}, not {split!r}")
+  proto = proto.with_seed(seed)
+  if deduplicate is not None:
+    proto = proto.replace(deduplicate=deduplicate)
   if log is None:
     log = datasets.load_dataset(spec, seed=seed, cache_dir=cache_dir)
-  if deduplicate if deduplicate is not None else split in DEDUPLICATE_FOR:
-    log = preprocess.deduplicate(log, keep="first")
-  options = {"seed": seed} if split in ("user_holdout", "context_holdout") else {}
-  sp = splits.make_split(log, split, **options)
-  return Prepared(spec=spec, log=log, split=sp,
-                  valid_queries=Queries.from_log(sp.valid, [sp.train]),
-                  test_queries=Queries.from_log(sp.test, [sp.train, sp.valid]))
+  p = paper_protocols.prepare(log, proto)
+  return Prepared(spec=spec, log=p.log, split=p.split, valid_queries=p.valid_queries,
+                  test_queries=p.test_queries, protocol=proto)
 
 
 def new_user_mask(prepared: Prepared) -> np.ndarray:

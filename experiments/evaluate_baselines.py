@@ -4,7 +4,8 @@ r"""Non-learned baselines (Popularity, Random) under the full-ranking and sample
         --protocol=both --workdir=runs/baselines
 
 writes ``results.json`` (dataset statistics, split sizes, and per baseline and protocol the summary
-metrics and per-segment breakdowns). ``--dataset`` takes any spec of :mod:`jaxrec.data.datasets`
+metrics and per-segment breakdowns). The split, de-duplication, tie order and exclusions are the
+named protocol of ``--split`` (:mod:`jaxrec.eval.paper_protocols`, e.g. ``leave-last-out``). ``--dataset`` takes any spec of :mod:`jaxrec.data.datasets`
 (``synthetic:PRESET``, ``ml-100k``, ``FORMAT:PATH``).
 """
 
@@ -24,18 +25,17 @@ def run(dataset: str, split: str, protocol: str = "both", num_negatives: int = 9
         cache_dir=None) -> dict:
   """Evaluates Popularity and Random; returns the results dict."""
   prep = common.prepare(dataset, split, seed=seed, cache_dir=cache_dir)
-  protocols = suite.standard_protocols(num_negatives=num_negatives, seed=seed)
-  if protocol == "full":
-    protocols = {"full": protocols["full"]}
-  elif protocol == "sampled":
-    protocols.pop("full")
+  proto = prep.protocol.replace(num_negatives=num_negatives if protocol != "full" else None,
+                                full_ranking=protocol != "sampled")
+  protocols = proto.rankings(prep.split.train.item_counts())
   protocols = suite.freeze_protocols(protocols, prep.test_queries, prep.num_items)
   train_counts = prep.split.train.user_counts()
-  results = {"dataset": dataset, "split": split, "stats": common.stats_row(prep), "models": {}}
-  for name, score_fn in (("Popularity", nonlearned.popularity(prep.split.train)),
-                         ("Random", nonlearned.random_scores(seed))):
-    results["models"][name] = suite.evaluate_all(score_fn, prep.test_queries, prep.num_items, protocols,
-                                                 train_counts=train_counts)
+  results = {"dataset": dataset, "split": split, "protocol": proto.describe(),
+             "stats": common.stats_row(prep), "models": {}}
+  for name, (score_fn, params) in (("Popularity", nonlearned.popularity(prep.split.train)),
+                                   ("Random", nonlearned.random_scores(seed))):
+    results["models"][name] = suite.evaluate_all(score_fn, params, prep.test_queries, prep.num_items,
+                                                 protocols, train_counts=train_counts)
   return results
 
 
