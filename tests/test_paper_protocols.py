@@ -1,0 +1,116 @@
+"""Tests of jaxrec.eval.paper_protocols: each named protocol applied to a log, end to end."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from jaxrec.data import preprocess, splits, synthetic
+from jaxrec.data.log import InteractionLog
+from jaxrec.eval import paper_protocols as pp
+from jaxrec.eval import protocols as protocols_lib
+
+
+@pytest.fixture(scope="module")
+def log():
+  return synthetic.generate("tiny", seed=0)
+
+
+def test_registry_names_each_protocol_once():
+  assert {"leave-last-out", "user-holdout", "context-holdout", "2ts-chronological",
+          "prequential"} <= set(pp.PROTOCOLS)
+  for name, p in pp.PROTOCOLS.items():
+    assert p.name == name and p.reference and pp.get(name) is p
+    hash(p)  # frozen and hashable
+  with pytest.raises(ValueError, match="unknown protocol"):
+    pp.get("nope")
+  tts = pp.get("2ts-chronological")
+  assert (tts.split, tts.options["ratios"], tts.deduplicate, tts.exclude, tts.num_negatives) == (
+      "chronological", (0.7, 0.1, 0.2), False, "none", 499)
+  llo = pp.get("leave-last-out")
+  assert (llo.split, llo.deduplicate, llo.exclude, llo.num_negatives, llo.full_ranking) == (
+      "leave_last_out", True, "known", 99, True)
+
+
+def test_leave_last_out_protocol_has_no_known_test_positives(log):
+  p = pp.prepare(log, "leave-last-out")
+  assert len(p.test_queries) > 0 and not p.test_queries.positive_is_known().any()
+  assert not p.valid_queries.positive_is_known().any()
+  assert len(p.log) == len(preprocess.deduplicate(log))
+  # Without de-duplication the same split gives known test positives (the bug this guards).
+  raw = pp.prepare(log, pp.get("leave-last-out").replace(deduplicate=False))
+  assert raw.test_queries.positive_is_known().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["user-holdout", "context-holdout"])
+def test_holdout_protocols_exclude_known_and_drop_repeats(name):
+  log = synthetic.generate("small", seed=0)
+  p = pp.prepare(log, pp.get(name).with_seed(1))
+  assert p.split.info["seed"] == 1
+  assert len(p.test_queries) > 0 and not p.test_queries.positive_is_known().any()
+  assert p.test_queries.known_items.size > 0
+  key = p.split.test.user.astype(np.int64) * log.num_items + p.split.test.item
+  assert np.unique(key).size == key.size  # repeats dropped: each test positive once per user
+
+
+def test_2ts_protocol_keeps_repeats_and_excludes_nothing():
+  log = synthetic.generate("small", seed=0)
+  p = pp.prepare(log, "2ts-chronological")
+  assert len(p.log) == len(log)  # repeat consumption kept
+  assert p.test_queries.known_items.size == 0 and p.valid_queries.known_items.size == 0
+  ref = splits.chronological(log, (0.7, 0.1, 0.2))
+  np.testing.assert_array_equal(p.split.test.item, ref.test.item)
+  r = p.rankings()
+  assert set(r) == {"full", "sampled499"} and r["sampled499"].num_negatives == 499
+  assert not r["sampled499"].popularity
+  # 499 negatives drawn from all items but the positive: known items may appear.
+  cands = r["sampled499"].draw(p.test_queries, p.num_items).items
+  assert cands.shape == (len(p.test_queries), 500)
+  assert not np.any(cands[:, 1:] == cands[:, :1])
+  known = pp.prepare(log, "chronological").test_queries
+  k = known.exclusion_matrix(np.arange(200))
+  assert any(np.isin(cands[j, 1:], k[j][k[j] >= 0]).any() for j in range(200))
+
+
+def test_rankings_follow_the_fields(log):
+  p = pp.get("leave-last-out").replace(num_negatives=20, negatives="popularity", negative_seed=3)
+  with pytest.raises(ValueError, match="item_counts"):
+    p.rankings()
+  r = pp.prepare(log, p).rankings()
+  assert isinstance(r["full"], protocols_lib.FullRanking)
+  s = r["sampled20"]
+  assert s.popularity and s.seed == 3 and s.item_counts.shape == (log.num_items,)
+  assert set(p.replace(full_ranking=False).rankings(np.ones(log.num_items))) == {"sampled20"}
+  assert set(p.replace(num_negatives=None).rankings()) == {"full"}
+
+
+def test_tie_order_is_a_protocol_field():
+  # u0's last two rows tie at t=5, arriving item 9 then item 2: 2 is the test item, never by id.
+  log = InteractionLog.from_arrays([0, 0, 0, 0], [4, 7, 9, 2], [1, 2, 5, 5], num_users=1, num_items=10)
+  p = pp.prepare(log, "leave-last-out")
+  assert p.split.test.item.tolist() == [2] and p.split.valid.item.tolist() == [9]
+  tests = {pp.prepare(log, pp.get("leave-last-out").replace(ties="shuffle", tie_seed=s))
+           .split.test.item[0] for s in range(20)}
+  assert tests == {2, 9}
+
+
+def test_prequential_is_split_only(log):
+  p = pp.get("prequential")
+  st = p.split_log(log)
+  assert isinstance(st, splits.Stream) and st.offline_end == int(0.95 * len(log))
+  assert p.rankings() == {}
+  with pytest.raises(ValueError, match="prequential"):
+    pp.prepare(log, p)
+
+
+def test_bad_fields_are_rejected():
+  with pytest.raises(ValueError, match="split"):
+    pp.EvalProtocol("x", "nope")
+  with pytest.raises(ValueError, match="options"):
+    pp.EvalProtocol("x", "leave_last_out", {"tie_order": "shuffle"})
+  with pytest.raises(ValueError, match="options"):
+    pp.EvalProtocol("x", "chronological", {"seed": 1})
+  for field, value in (("ties", "item"), ("exclude", "all"), ("negatives", "hard")):
+    with pytest.raises(ValueError, match=field):
+      pp.EvalProtocol("x", "leave_last_out", **{field: value})
+  assert dataclasses.replace(pp.get("chronological")).split_options == pp.get("chronological").split_options
