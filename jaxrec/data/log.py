@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from jaxrec.data import order as order_lib
+
 
 class DataError(ValueError):
   """Bad user-supplied data; the message names the file, line or field."""
@@ -146,14 +148,12 @@ class InteractionLog:
         rating=None if self.rating is None else self.rating[index])
 
   def sorted_by_time(self) -> "InteractionLog":
-    """Rows in (timestamp, user, item) order; stable and deterministic."""
-    order = np.lexsort((self.item, self.user, self.timestamp))
-    return self.take(order)
+    """Rows in time order, ties in arrival (row) order, as :func:`jaxrec.data.order.time_order`."""
+    return self.take(order_lib.time_order(self.timestamp))
 
   def sorted_by_user(self) -> "InteractionLog":
-    """Rows grouped by user, each user's rows in time order."""
-    order = np.lexsort((self.item, self.timestamp, self.user))
-    return self.take(order)
+    """Rows grouped by user, each user's rows in time order, ties in arrival (row) order."""
+    return self.take(order_lib.user_time_order(self.user, self.timestamp))
 
   def concat(self, other: "InteractionLog") -> "InteractionLog":
     """Concatenates two logs of the same index spaces."""
