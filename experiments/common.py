@@ -40,7 +40,7 @@ class Prepared:
 def prepare(spec: str, split: str, *, seed: int = 0, cache_dir: Optional[str] = None,
             log: Optional[InteractionLog] = None, deduplicate: Optional[bool] = None,
             protocol: Optional[str] = None) -> Prepared:
-  """Loads ``spec`` (unless ``log`` is given) and applies its protocol (:mod:`jaxrec.eval.paper_protocols`).
+  """Loads ``spec`` (unless ``log`` is given) and applies its protocol (``paper_protocols``).
 
   The protocol is ``protocol`` (a name in ``paper_protocols.PROTOCOLS``) or the one named for
   ``split`` (``paper_protocols.FOR_SPLIT``: leave-last-out and the hold-outs drop repeated (user,

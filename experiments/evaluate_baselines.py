@@ -5,8 +5,9 @@ r"""Non-learned baselines (Popularity, Random) under the full-ranking and sample
 
 writes ``results.json`` (dataset statistics, split sizes, and per baseline and protocol the summary
 metrics and per-segment breakdowns). The split, de-duplication, tie order and exclusions are the
-named protocol of ``--split`` (:mod:`jaxrec.eval.paper_protocols`, e.g. ``leave-last-out``). ``--dataset`` takes any spec of :mod:`jaxrec.data.datasets`
-(``synthetic:PRESET``, ``ml-100k``, ``FORMAT:PATH``).
+named protocol of ``--split`` (:mod:`jaxrec.eval.paper_protocols`, e.g. ``leave-last-out``).
+``--dataset`` takes any spec of :mod:`jaxrec.data.datasets` (``synthetic:PRESET``, ``ml-100k``,
+``FORMAT:PATH``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def run(dataset: str, split: str, protocol: str = "both", num_negatives: int = 9
              "stats": common.stats_row(prep), "models": {}}
   for name, (score_fn, params) in (("Popularity", nonlearned.popularity(prep.split.train)),
                                    ("Random", nonlearned.random_scores(seed))):
-    results["models"][name] = suite.evaluate_all(score_fn, params, prep.test_queries, prep.num_items,
-                                                 protocols, train_counts=train_counts)
+    results["models"][name] = suite.evaluate_all(score_fn, params, prep.test_queries,
+                                                 prep.num_items, protocols, train_counts=train_counts)
   return results
 
 

@@ -86,7 +86,8 @@ def test_rankings_follow_the_fields(log):
 
 def test_tie_order_is_a_protocol_field():
   # u0's last two rows tie at t=5, arriving item 9 then item 2: 2 is the test item, never by id.
-  log = InteractionLog.from_arrays([0, 0, 0, 0], [4, 7, 9, 2], [1, 2, 5, 5], num_users=1, num_items=10)
+  log = InteractionLog.from_arrays([0, 0, 0, 0], [4, 7, 9, 2], [1, 2, 5, 5], num_users=1,
+                                   num_items=10)
   p = pp.prepare(log, "leave-last-out")
   assert p.split.test.item.tolist() == [2] and p.split.valid.item.tolist() == [9]
   tests = {pp.prepare(log, pp.get("leave-last-out").replace(ties="shuffle", tie_seed=s))
@@ -113,4 +114,5 @@ def test_bad_fields_are_rejected():
   for field, value in (("ties", "item"), ("exclude", "all"), ("negatives", "hard")):
     with pytest.raises(ValueError, match=field):
       pp.EvalProtocol("x", "leave_last_out", **{field: value})
-  assert dataclasses.replace(pp.get("chronological")).split_options == pp.get("chronological").split_options
+  chrono = pp.get("chronological")
+  assert dataclasses.replace(chrono).split_options == chrono.split_options

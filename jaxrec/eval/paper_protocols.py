@@ -97,8 +97,8 @@ class EvalProtocol:
                        f"{sorted(_SPLIT_FNS)}")
     bad = [k for k, _ in opts if not _accepts(self.split, k)]
     if bad or any(k in ("tie_order", "tie_seed", "deduplicate") for k, _ in opts):
-      raise ValueError(f"EvalProtocol {self.name!r}: split {self.split!r} options {bad or opts} not "
-                       f"allowed (ties and de-duplication are fields of the protocol)")
+      raise ValueError(f"EvalProtocol {self.name!r}: split {self.split!r} options {bad or opts} "
+                       f"not allowed (ties and de-duplication are fields of the protocol)")
     if self.ties not in order_lib.TIES:
       raise ValueError(f"EvalProtocol {self.name!r}: ties must be one of {order_lib.TIES}")
     if self.exclude not in EXCLUDE:
@@ -118,7 +118,7 @@ class EvalProtocol:
     return dataclasses.replace(self, **changes)
 
   def with_seed(self, seed: int) -> "EvalProtocol":
-    """The protocol with every seed set to ``seed``: the split's (if it draws users), ties, negatives."""
+    """The protocol with every seed set to ``seed``: the split's (if any), ties', negatives'."""
     opts = self.options
     if _accepts(self.split, "seed"):
       opts["seed"] = seed
@@ -227,8 +227,8 @@ PROTOCOLS: dict[str, EvalProtocol] = {p.name: p for p in (
     EvalProtocol("context-holdout", "context_holdout",
                  {"valid_fraction": 0.1, "test_fraction": 0.1, "min_interactions": 16},
                  deduplicate=True, exclude="known", num_negatives=None,
-                 reference="tree two-stage (paper 004, Appendix D.2: 10%/10% validation/test users, "
-                 "first half context, rest ground truth; datasets keep users with > 15 items)"),
+                 reference="tree two-stage (paper 004, Appendix D.2: 10%/10% validation/test "
+                 "users, first half context, rest ground truth; users with > 15 items)"),
     EvalProtocol("2ts-chronological", "chronological", {"ratios": (0.7, 0.1, 0.2)},
                  deduplicate=False, exclude="none", num_negatives=499, negatives="uniform",
                  reference="2TS (paper 000, Sec. 5: sorted by timestamp, 70/10/20; each "
