@@ -338,7 +338,8 @@ def prequential(log: InteractionLog, offline: float = 0.95, valid: float = 0.005
   """Time-ordered prequential protocol (MeLON paper 002: 95% / 0.5% / 4.5%).
 
   Rows ordered by timestamp, ties in arrival order (or ``tie_order="shuffle"``);
-  the first ``floor(offline n)`` rows pre-train offline, the next ``floor((offline + valid) n) - floor(offline n)``
+  the first ``floor(offline n)`` rows pre-train offline, the next
+  ``floor((offline + valid) n) - floor(offline n)``
   are the validation stream (model selection), the rest the test stream. Each
   stream is cut into ``batch_size`` mini-batches in time order (test-then-train
   on each batch is the consumer's job).
