@@ -182,12 +182,17 @@ def _train_state_params(state):
   return state.params
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_init(model: str, module, history_len: int):
+  spec = registry.get(model)
+  sample = registry.sample_batch(spec.family, 2, 2, history_len)
+  return jax.jit(lambda rng: spec.init(rng, module, sample))
+
+
 def init_params(env: Env, rng: jax.Array):
-  """Fresh parameters of ``env.model`` (``{"params": ...}``) from ``rng``."""
-  spec = registry.get(env.model)
+  """Fresh parameters of ``env.model`` (``{"params": ...}``) from ``rng`` (jitted, compiled once)."""
   hist = env.data.examples.get("history")
-  sample = registry.sample_batch(spec.family, 2, 2, 5 if hist is None else hist.shape[1])
-  return spec.init(rng, env.module, sample)
+  return _jitted_init(env.model, env.module, 5 if hist is None else int(hist.shape[1]))(rng)
 
 
 # -- fine-tune ------------------------------------------------------------------------------------
