@@ -30,7 +30,7 @@ def _data(history_len=None, kind="periods"):
   log = preprocess.deduplicate(synthetic.generate("tiny", seed=0))
   if kind == "periods":
     return blocks_lib.from_periods(log, 6, 3, history_len=history_len, pad_multiple=128)
-  return blocks_lib.from_prequential(log, 128, 0.85, history_len=history_len)
+  return blocks_lib.from_prequential(log, 128, 0.75, history_len=history_len)
 
 
 @functools.lru_cache(maxsize=None)
