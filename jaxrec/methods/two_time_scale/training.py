@@ -1,0 +1,331 @@
+"""2TS training: the offer-set losses (Eq. 10-12), per-stage learners with frozen keys, and the stages.
+
+* **stage 1, CCF (Eq. 10)**: the softmax over an offer set ``O(u, i)`` (the clicked item plus ``p``
+  uniformly sampled other items), order ignored::
+
+    L = 1/|D| sum_{(u,i) in D} [ log sum_{j in O(u,i)} exp(phi_u^T x_j) - phi_u^T x_i ]
+
+* **stage 2 (Eq. 11 + 12)**: ``L_in + L_act``, the same offer-set softmax on every step of the two cells'
+  rollouts (:mod:`.model`), the state before consuming ``i_t`` predicting ``i_t``. The item representation
+  and the active users' ``phi_u`` are frozen.
+* **single stage** (2TS-SingleStage, Table 3): ``L_in + L_act + w * L_CCF`` on every parameter jointly.
+  Departure: the CCF term (``single_stage_ccf_weight``, default 1) is our reading of "all parameters are
+  trained together"; without it the active users' ``phi_u`` would only ever see their last K interactions.
+
+Every offer-set loss is :func:`jaxrec.models.losses.sampled_softmax` (positive in column 0). Departure:
+offer sets are sampled with replacement inside the jitted step, uniformly over the items other than the
+positive (the paper does not say whether the ``p`` items may repeat).
+
+Each stage is a :func:`jaxrec.train.learner.gradient_learner` whose transform is ``optax.multi_transform``
+(Adam on the stage's trained keys, ``optax.set_to_zero`` on the frozen ones, which stay bit-identical);
+frozen keys also enter the loss through ``stop_gradient`` so no scatter into the frozen ``[U, d]`` /
+``[I, d]`` tables is computed. Learners are cached per :meth:`TwoTimeScaleConfig.static` (no seed, no
+epochs): another seed or budget does not recompile. :func:`train` runs the stages with
+:func:`jaxrec.train.stages.run_stages` (``workdir/stage1``, ``workdir/stage2`` or ``workdir/single``,
+resume, keep-best and early stopping on an ``eval_fn``, NaN checks, ``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrec.data.log import InteractionLog
+from jaxrec.methods.two_time_scale import batches as batches_lib
+from jaxrec.methods.two_time_scale import model as model_lib
+from jaxrec.methods.two_time_scale.model import Batch, Params, TwoTimeScaleConfig
+from jaxrec.models import losses
+from jaxrec.train import learner as learner_lib
+from jaxrec.train import loop as loop_lib
+from jaxrec.train import stages as stages_lib
+from jaxrec.train import state as state_lib
+
+
+def sample_offer_negatives(rng: jax.Array, positives: jax.Array, num_items: int, p: int) -> jax.Array:
+  """``p`` items per positive, uniform over the ``num_items - 1`` items other than the positive.
+
+  Draws from ``[0, I - 1)`` and shifts values ``>=`` the positive by one, so the positive is never among
+  the sampled items (duplicates among the ``p`` are possible, as with sampling with replacement).
+
+  Returns:
+    int32 ``positives.shape + (p,)``.
+  """
+  if num_items < 2:
+    raise ValueError("offer sets need at least 2 items")
+  r = jax.random.randint(rng, positives.shape + (p,), 0, num_items - 1, dtype=jnp.int32)
+  return r + (r >= positives[..., None]).astype(jnp.int32)
+
+
+def offer_set_scores(query: jax.Array, pos_vec: jax.Array, neg_vecs: jax.Array) -> jax.Array:
+  """``[..., 1 + p]`` offer-set scores ``q^T x_j``, the clicked item first (``sampled_softmax``'s layout).
+
+  Args:
+    query: ``[..., d]`` user representation scoring the interaction.
+    pos_vec: ``[..., d]`` clicked item's representation.
+    neg_vecs: ``[..., p, d]`` sampled items' representations.
+  """
+  pos = jnp.sum(query * pos_vec, axis=-1)
+  neg = jnp.einsum("...d,...pd->...p", query, neg_vecs)
+  return jnp.concatenate([pos[..., None], neg], axis=-1)
+
+
+def offer_set_loss(scores: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+  """Mean over the (unmasked) interactions of ``log sum_{j in O} exp(s_j) - s_0`` (Eq. 10-12).
+
+  ``scores`` ``[..., 1 + p]`` from :func:`offer_set_scores`; ``mask`` ``[...]``. One call of
+  :func:`jaxrec.models.losses.sampled_softmax` on the flattened interactions.
+  """
+  flat = scores.reshape(-1, scores.shape[-1])
+  return losses.sampled_softmax(flat, None if mask is None else jnp.reshape(mask, (-1,)))
+
+
+def ccf_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng: jax.Array,
+             negatives: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
+  """Stage-1 CCF loss (Eq. 10), mean over the batch of (user, item) pairs.
+
+  Args:
+    cfg: the configuration (``num_offered`` is ``p``).
+    params: parameter pytree.
+    batch: ``{"user": [B], "item": [B]}`` (+ optional ``"item_features"``).
+    rng: key for the offer sets (sampled inside the step).
+    negatives: optional int ``[B, p]`` explicit offered items (tests); sampled when ``None``.
+
+  Returns:
+    ``(loss, {"ccf_loss": loss})``.
+  """
+  feats = batch.get("item_features")
+  item = jnp.asarray(batch["item"])
+  if negatives is None:
+    negatives = sample_offer_negatives(rng, item, params["item"].shape[0], cfg.num_offered)
+  q = jnp.take(params["user"], batch["user"], axis=0)
+  scores = offer_set_scores(q, model_lib.item_vectors(cfg, params, item, feats),
+                            model_lib.item_vectors(cfg, params, negatives, feats))
+  loss = offer_set_loss(scores)
+  return loss, {"ccf_loss": loss}
+
+
+def _group_loss(cfg, params, group_batch, group, feats, rng, negatives=None):
+  qs, xs, _, _ = model_lib.group_rollout(cfg, params, group_batch, group, feats)
+  items = jnp.asarray(group_batch["items"])
+  if negatives is None:
+    negatives = sample_offer_negatives(rng, items, params["item"].shape[0], cfg.num_offered)
+  mask = jnp.asarray(group_batch["mask"])
+  scores = offer_set_scores(qs, xs, model_lib.item_vectors(cfg, params, negatives, feats))
+  return offer_set_loss(scores, mask), jnp.sum(mask.astype(jnp.float32))
+
+
+def stage2_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng: jax.Array,
+                negatives: Optional[Mapping[str, jax.Array]] = None) -> tuple[jax.Array, dict]:
+  """Stage-2 loss ``L_in + L_act`` (Eq. 11 + Eq. 12), each a mean over its group's unmasked steps.
+
+  Args:
+    cfg: configuration.
+    params: parameter pytree.
+    batch: the stage-2 batch (:mod:`.batches`); either group may be absent (the one-group steps of
+      :func:`.batches.stage_batches`), it then adds ``0`` to the loss and ``0`` to its ``steps_*`` count.
+    rng: key for the offer sets.
+    negatives: optional ``{"inactive": [B_in, L, p], "active": [B_act, K, p]}`` explicit offered items.
+
+  Returns:
+    ``(loss, {"loss_in", "loss_act", "steps_in", "steps_act"})``.
+  """
+  feats = batch.get("item_features")
+  keys = dict(zip(("inactive", "active"), jax.random.split(rng)))
+  negatives = negatives or {}
+  out = {}
+  for group in ("inactive", "active"):
+    if group in batch:
+      out[group] = _group_loss(cfg, params, batch[group], group, feats, keys[group], negatives.get(group))
+    else:  # a one-group step: the other group contributes nothing
+      out[group] = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+  (l_in, n_in), (l_act, n_act) = out["inactive"], out["active"]
+  return l_in + l_act, {"loss_in": l_in, "loss_act": l_act, "steps_in": n_in, "steps_act": n_act}
+
+
+def single_stage_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng: jax.Array):
+  """2TS-SingleStage objective: ``L_in + L_act + w * L_CCF`` on all parameters jointly (Table 3)."""
+  k2, k1 = jax.random.split(rng)
+  loss2, aux = stage2_loss(cfg, params, batch, k2)
+  pairs = dict(batch["pairs"])
+  if "item_features" in batch:
+    pairs["item_features"] = batch["item_features"]
+  loss1, _ = ccf_loss(cfg, params, pairs, k1)
+  aux = dict(aux, ccf_loss=loss1)
+  return loss2 + cfg.single_stage_ccf_weight * loss1, aux
+
+
+# -- learners: the shared gradient learner with per-stage freezing ------------------------------------
+
+
+_LOSSES = {"stage1": ccf_loss, "stage2": stage2_loss, "single": single_stage_loss}
+
+
+def _trained(params: Params, stage: str) -> frozenset:
+  return frozenset(model_lib.trainable_keys(None, params, stage))
+
+
+def _loss_fn(cfg: TwoTimeScaleConfig, stage: str, trained: frozenset):
+  loss = functools.partial(_LOSSES[stage], cfg)
+
+  def loss_fn(p: Params, batch: Batch, rng: jax.Array):
+    p = {k: v if k in trained else jax.tree.map(jax.lax.stop_gradient, v) for k, v in p.items()}
+    return loss(p, batch, rng)
+
+  return loss_fn
+
+
+def stage_optimizer(cfg: TwoTimeScaleConfig, params: Params, stage: str,
+                    learning_rate: Optional[float] = None) -> optax.GradientTransformation:
+  """Adam on the keys trained in ``stage``, ``optax.set_to_zero`` on the frozen ones.
+
+  ``optax.multi_transform`` keeps Adam moments only for the trained sub-tree, and the frozen leaves get an
+  update of exactly ``0``, so ``optax.apply_updates`` leaves them bit-identical (``x + 0.0 == x``).
+
+  Args:
+    cfg: configuration (``lr_stage1`` / ``lr_stage2`` / ``lr_single``).
+    params: the parameter pytree (only its keys are read).
+    stage: ``"stage1"``, ``"stage2"`` or ``"single"``.
+    learning_rate: overrides the configured learning rate of the stage.
+  """
+  return _optimizer(cfg, stage, _trained(params, stage), learning_rate)
+
+
+def _optimizer(cfg, stage, trained, learning_rate):
+  lr = learning_rate if learning_rate is not None else {
+      "stage1": cfg.lr_stage1, "stage2": cfg.lr_stage2, "single": cfg.lr_single}[stage]
+
+  def labels(p):
+    return {k: jax.tree.map(lambda _, k=k: "trained" if k in trained else "frozen", v) for k, v in p.items()}
+
+  return optax.multi_transform(
+      {"trained": state_lib.make_optimizer("adam", lr), "frozen": optax.set_to_zero()}, labels)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_learner(static_cfg: TwoTimeScaleConfig, stage: str, trained: frozenset,
+                    learning_rate: Optional[float]) -> learner_lib.Learner:
+  return learner_lib.gradient_learner(_loss_fn(static_cfg, stage, trained),
+                                      _optimizer(static_cfg, stage, trained, learning_rate))
+
+
+def stage_learner(cfg: TwoTimeScaleConfig, params: Params, stage: str,
+                  learning_rate: Optional[float] = None) -> learner_lib.Learner:
+  """The :class:`~jaxrec.train.learner.Learner` of ``stage``: the stage's loss, frozen keys through
+  ``stop_gradient``, then :func:`stage_optimizer`.
+
+  The same learner object (so the same jitted update, :func:`jaxrec.train.learner.jit_update`) is returned
+  for equal ``(cfg.static(), stage, keys of params, learning_rate)``: another seed or number of epochs does
+  not recompile the step.
+  """
+  return _cached_learner(cfg.static(), stage, _trained(params, stage), learning_rate)
+
+
+def stage_names(cfg: TwoTimeScaleConfig) -> tuple[str, ...]:
+  """The stages of ``cfg.variant``: ``("single",)``, ``("stage1",)`` (CCF) or ``("stage1", "stage2")``."""
+  if cfg.variant == "single-stage":
+    return ("single",)
+  return ("stage1", "stage2") if cfg.has_cells else ("stage1",)
+
+
+def _epochs(cfg: TwoTimeScaleConfig, stage: str) -> int:
+  return {"stage1": cfg.epochs_stage1, "stage2": cfg.epochs_stage2, "single": cfg.epochs_single}[stage]
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """Output of :func:`train`.
+
+  Attributes:
+    params: the final parameter pytree (per stage the best by ``metric`` when an ``eval_fn`` is given).
+    data: the prepared training arrays (reuse them for :func:`.rollout.eval_query_vectors`).
+    history: one dict per epoch: ``stage``, ``epoch``, ``step``, ``loss`` (mean over the epoch's steps),
+      the other step metrics' means (``grad_norm``, ``ccf_loss``, ``loss_in``, ...), ``epoch_time`` and
+      cumulative ``wall_time`` (seconds of training over all stages so far, excluding evaluation), plus
+      what ``eval_fn`` returned.
+  """
+
+  params: Params
+  data: batches_lib.TwoTimeScaleData
+  history: list
+
+
+def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
+          eval_fn: Optional[Callable[[str, Params], Mapping[str, float]]] = None, metric: str = "mrr",
+          patience: Optional[int] = None, workdir: Optional[str] = None,
+          progress: bool = False) -> TrainResult:
+  """Trains stage 1 (CCF) then stage 2 (or the single stage) with :func:`jaxrec.train.stages.run_stages`.
+
+  Each stage is one :class:`~jaxrec.train.stages.Stage`: :func:`stage_learner`,
+  :func:`.batches.stage_batches`, one metrics record and one evaluation per epoch, NaN checks naming the
+  step. With a ``workdir`` each stage checkpoints into ``workdir/<stage>`` at every epoch end; calling
+  ``train`` again with the same arguments resumes a killed run and reaches the same parameters.
+
+  Args:
+    cfg: configuration (the variant decides the stages).
+    train_log: training interactions (its ``item_features``, if any, enter as ``[x ; g(f)]``).
+    eval_fn: ``eval_fn(stage, params) -> {name: scalar}`` validation after each epoch of each stage;
+      the stage keeps its best params by ``eval_fn(...)[metric]`` (larger is better) and stops early
+      after ``patience`` epochs without improvement. None: the last params of each stage. The params it
+      receives are donated to the next step: copy what you keep (``jax.device_get``).
+    metric: the key of ``eval_fn``'s output that selects the best params.
+    patience: early-stopping patience in epochs (None: never stop early).
+    workdir: checkpoint / ``metrics.jsonl`` directory (None: nothing written).
+    progress: tqdm progress bars.
+
+  Returns:
+    :class:`TrainResult`.
+  """
+  data = batches_lib.prepare_training_data(train_log, cfg.t_star, cfg.k)
+  feats = None if train_log.item_features is None else jnp.asarray(train_log.item_features)
+  feat_dim = 0 if feats is None else feats.shape[1]
+  k_init, k_train = jax.random.split(jax.random.key(cfg.seed))
+  params = model_lib.init_params(cfg, k_init, data.num_users, data.num_items, feat_dim)
+  stages = []
+  for name in stage_names(cfg):
+    spe = batches_lib.steps_per_epoch(cfg, data, name)
+    clock = [None]
+
+    def batches_fn(epoch, name=name, clock=clock):
+      clock[0] = time.perf_counter()
+      return batches_lib.stage_batches(cfg, data, name, epoch, feats)
+
+    def stage_eval(p, name=name, clock=clock):
+      # Called by the loop at every epoch end (after it fetched the step metrics): times the epoch,
+      # then validates (not counted).
+      jax.block_until_ready(p)
+      elapsed = time.perf_counter() - clock[0]
+      out = dict(eval_fn(name, p)) if eval_fn is not None else {}
+      out["epoch_time"] = elapsed
+      return out
+
+    loop_cfg = loop_lib.LoopConfig(
+        num_epochs=_epochs(cfg, name), log_every=spe, eval_at_epoch_end=True,
+        metric=metric if eval_fn else None, mode="max", patience=patience if eval_fn else None,
+        steps_per_epoch=spe, progress=progress)
+    # The learner depends on the keys of the params entering the stage: those of `params` (stage 2
+    # trains no new keys; every key exists from init).
+    stages.append(stages_lib.Stage(name=name, learner=stage_learner(cfg, params, name),
+                                   batches_fn=batches_fn, config=loop_cfg, eval_fn=stage_eval))
+  params, histories = stages_lib.run_stages(stages, params, rng=k_train, workdir=workdir)
+  history = []
+  for name in stage_names(cfg):
+    records = histories[name]
+    means = {r["step"]: r for r in records if r["kind"] == "train"}
+    for r in records:
+      if r["kind"] != "eval":
+        continue
+      rec = {k: v for k, v in means.get(r["step"], {}).items() if k not in ("kind", "epoch")}
+      rec.update({k: v for k, v in r.items() if k not in ("kind", "epoch", "best")})
+      rec.update(stage=name, epoch=r["epoch"])
+      history.append(rec)
+  wall = 0.0
+  for rec in history:
+    wall += rec["epoch_time"]
+    rec["wall_time"] = wall
+  return TrainResult(params=params, data=data, history=history)
