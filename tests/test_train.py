@@ -203,7 +203,7 @@ def test_keep_best_and_early_stopping(tmp_path):
   assert int(best.step) == 4  # The tie at step 8 does not replace the earlier best.
   chex.assert_trees_all_close(best.params, snapshots[1], atol=0, rtol=0)
   with checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
-    assert ckpt.all_steps() == [4, 10]  # Best + latest only.
+    assert ckpt.all_steps() == [4, 8, 10]  # Best + the 2 latest (LoopConfig.keep_latest=2).
     restored, meta = ckpt.restore_best(checkpoint_lib.abstract_like(best))
     chex.assert_trees_all_close(restored, best, atol=0, rtol=0)
     assert meta["loop"]["best_step"] == 4 and meta["loop"]["bad_evals"] == 0

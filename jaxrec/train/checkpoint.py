@@ -1,9 +1,17 @@
 """Checkpointing of a `TrainState` plus JSON metadata, a thin wrapper over Orbax.
 
 Each checkpoint step directory holds two Orbax items: `state` (the pytree, `StandardSave`) and
-`meta` (a small JSON dict, `JsonSave`, e.g. the loop position). Retention: the latest checkpoint
-and the best one by a validation metric are kept, all others are deleted
+`meta` (a small JSON dict, `JsonSave`, e.g. the loop position, plus the state's leaf shapes and
+dtypes under `"_structure"`). Retention: the `keep_latest` (default 2) latest checkpoints and the
+best one by a validation metric are kept, all others are deleted
 (`AnyPreservationPolicy([LatestN(keep_latest), BestN(1)])`).
+
+Damage: :meth:`Checkpointer.restore_latest_good` restores the newest readable checkpoint, warning
+about (and skipping) any newer one that cannot be read, e.g. a truncated data file; a skipped step
+is replaced when the run saves that step again. When none is readable it raises
+:class:`CheckpointError`, and a state of other shapes than the checkpoint's (another dataset or
+model) raises :class:`ConfigMismatchError` before Orbax sees it; both carry one-line messages
+saying how to start over.
 
 Atomicity: Orbax writes a step into `<dir>/<step>.orbax-checkpoint-tmp*` and, once every file is
 written, finalizes it with one atomic `rename` to `<dir>/<step>` (`AtomicRenameTemporaryPath`, the
@@ -18,14 +26,41 @@ right after `save` returns); `wait()`/`close()` block until they are finalized.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Tuple
+import os
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 PyTree = Any
+
+_STRUCTURE = "_structure"
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a workdir can be read, or the workdir is unusable (one-line message)."""
+
+
+class ConfigMismatchError(ValueError):
+  """A workdir holds a run of another configuration than the one asked for (one-line message)."""
+
+
+def structure(tree: PyTree) -> Dict[str, List[Any]]:
+  """``{leaf path: [shape, dtype]}`` of a pytree (of arrays or ``ShapeDtypeStruct`` s)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(k): [list(np.shape(v)), str(np.dtype(v.dtype))] for k, v in leaves}
+
+
+def _first_difference(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+  for key in sorted(set(saved) | set(wanted)):
+    a, b = saved.get(key), wanted.get(key)
+    if a != b:
+      show = lambda v: "absent" if v is None else f"{tuple(v[0])} {v[1]}"
+      return f"{key or 'state'}: checkpoint {show(a)}, this run {show(b)}"
+  return ""
 
 
 def abstract_like(tree: PyTree) -> PyTree:
@@ -54,11 +89,14 @@ class Checkpointer:
     async_save: write in a background thread (`wait()` to block).
   """
 
-  def __init__(self, directory: str, *, mode: str = "max", keep_latest: int = 1, async_save: bool = True):
+  def __init__(self, directory: str, *, mode: str = "max", keep_latest: int = 2, async_save: bool = True):
     if mode not in ("max", "min"):
       raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if keep_latest < 1:
+      raise ValueError(f"keep_latest must be >= 1, got {keep_latest}")
     self.directory = directory
     self.mode = mode
+    self.broken: List[int] = []  # steps found unreadable by restore_latest_good
     policy = ocm.AnyPreservationPolicy([
         ocm.LatestN(n=keep_latest),
         ocm.BestN(get_metric_fn=_rank_key, n=1, keep_checkpoints_without_metrics=False),
@@ -79,6 +117,9 @@ class Checkpointer:
       metric: validation metric of this state, or None; only checkpoints with a finite metric
         compete for "best".
     """
+    if step in self.broken:  # replace a damaged checkpoint by the re-trained one
+      self._mngr.delete(step)
+      self.broken.remove(step)
     if step in self._mngr.all_steps():
       return
     host_state = jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(state))
@@ -86,7 +127,8 @@ class Checkpointer:
     metrics = {"has_score": 0, "score": 0.0, "step": int(step)}
     if metric is not None and math.isfinite(metric):
       metrics.update(has_score=1, score=float(metric) if self.mode == "max" else -float(metric))
-    args = ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(dict(meta)))
+    meta = dict(meta, **{_STRUCTURE: structure(host_state)})
+    args = ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta))
     self._mngr.save(step, args=args, metrics=metrics, force=True)
 
   def all_steps(self) -> list:
@@ -102,10 +144,69 @@ class Checkpointer:
     return max(ranked)[1] if ranked else None
 
   def restore(self, step: int, abstract_state: PyTree) -> Tuple[PyTree, dict]:
-    """Restores checkpoint `step` into the structure/shardings of `abstract_state`."""
+    """Restores checkpoint `step` into the structure/shardings of `abstract_state`.
+
+    Raises:
+      ConfigMismatchError: the checkpoint holds a state of other leaves, shapes or dtypes.
+    """
+    self.check_structure(step, abstract_state)
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
     restored = self._mngr.restore(step, args=args)
-    return restored.state, dict(restored.meta)
+    meta = dict(restored.meta)
+    meta.pop(_STRUCTURE, None)
+    return restored.state, meta
+
+  def read_meta(self, step: int) -> dict:
+    """The JSON meta of checkpoint `step` (with its `"_structure"`), without reading the state."""
+    restored = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta)
+
+  def check_structure(self, step: int, abstract_state: PyTree) -> None:
+    """Raises :class:`ConfigMismatchError` if checkpoint `step` holds a state unlike `abstract_state`."""
+    try:
+      saved = self.read_meta(step).get(_STRUCTURE)
+    except Exception:  # pylint: disable=broad-except
+      return  # an unreadable meta is the restore's to report
+    if saved is None:
+      return  # written before shapes were recorded
+    diff = _first_difference(saved, structure(abstract_state))
+    if diff:
+      raise ConfigMismatchError(
+          f"the checkpoint in {self.directory} (step {step}) was trained with another dataset or model "
+          f"({diff}); pass another --workdir or delete {self.directory} to start over")
+
+  def restore_latest_good(self, abstract_state: PyTree) -> Optional[Tuple[int, PyTree, dict]]:
+    """`(step, state, meta)` of the newest readable checkpoint; None if there is no checkpoint.
+
+    A newer checkpoint that cannot be read is skipped with a warning naming it (and recorded in
+    :attr:`broken`, so that saving its step again replaces it).
+
+    Raises:
+      CheckpointError: there are checkpoints but none can be read.
+      ConfigMismatchError: the newest checkpoint holds a state of other shapes.
+    """
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    if not steps:
+      return None
+    for step in steps:
+      self.check_structure(step, abstract_state)
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except ConfigMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        self.broken.append(step)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        logging.warning("checkpoint %s is unreadable (%s: %s); falling back to an earlier one",
+                        f"{self.directory}/{step}", type(e).__name__, first)
+        continue
+      if self.broken:
+        logging.warning("resuming from checkpoint %s/%d instead of the broken %s", self.directory, step,
+                        ", ".join(str(b) for b in self.broken))
+      return step, state, meta
+    raise CheckpointError(
+        f"no readable checkpoint in {self.directory} (steps {sorted(steps)} are damaged); delete "
+        f"{os.path.dirname(self.directory) or self.directory} or pass another --workdir to start over")
 
   def restore_latest(self, abstract_state: PyTree) -> Optional[Tuple[PyTree, dict]]:
     """`(state, meta)` of the latest finalized checkpoint, or None if there is none."""

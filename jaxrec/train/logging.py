@@ -5,7 +5,8 @@ Each record is one JSON object on one line with at least `"step"` and `"kind"` (
 torn last line; `read_metrics` skips it and `MetricsWriter(..., resume_step=s)` rewrites the file
 (to a temporary file, then `os.replace`, which is atomic) keeping only the records with
 `step <= s`, i.e. those already covered by the checkpoint the run resumes from. A resumed run
-therefore writes exactly the log an uninterrupted run would have written.
+therefore writes exactly the log an uninterrupted run would have written. The file is created with
+its first record, so an early-killed run leaves none rather than an empty one.
 """
 
 from __future__ import annotations
@@ -48,20 +49,25 @@ class MetricsWriter:
     self.path = path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     kept = [] if resume_step is None else [r for r in read_metrics(path) if r["step"] <= resume_step]
-    io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    if kept:
+      io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    elif os.path.exists(path):
+      os.remove(path)  # A fresh run: no file until its first record (never an empty one).
     self.records: List[dict] = kept
-    self._file = open(path, "a", encoding="utf-8")
+    self._file = None
 
   def write(self, record: Mapping[str, Any]) -> dict:
     """Appends one record (converted to JSON values) and flushes it; returns the converted record."""
     record = io.to_json_compatible(record)
+    if self._file is None:
+      self._file = open(self.path, "a", encoding="utf-8")
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     self.records.append(record)
     return record
 
   def close(self) -> None:
-    if not self._file.closed:
+    if self._file is not None and not self._file.closed:
       self._file.flush()
       os.fsync(self._file.fileno())
       self._file.close()

@@ -18,7 +18,27 @@ after every evaluation, every `checkpoint_every` steps, at every epoch end, on a
 and at the end. Calling `train` again with the same workdir restores the latest checkpoint, skips
 the batches already consumed in its epoch, truncates `metrics.jsonl` to the checkpoint's step and
 continues: the final parameters, the returned history and the metrics log are bit-identical to an
-uninterrupted run with the same seed.
+uninterrupted run with the same seed. The `keep_latest` (default 2) newest checkpoints are kept, and
+an unreadable newest one (a truncated file) is skipped with a warning: the run resumes from the
+previous one (:meth:`jaxrec.train.checkpoint.Checkpointer.restore_latest_good`).
+
+Run config: with a `run_config` (a JSON-able mapping: the model, hyper-parameters, dataset, split,
+seed, ...) the workdir remembers what it was trained with (`run_config.json`, written on a fresh
+start); a resume with a different `run_config` raises
+:class:`~jaxrec.train.checkpoint.ConfigMismatchError` naming the differing fields, never resuming
+another run's model. A state of other shapes than the checkpoint's raises it too.
+
+Timing: every `train` call with a workdir appends a segment (`from_step`, `to_step`, `seconds`) to
+`timing.json` in the workdir (reset on a fresh start); :func:`read_timing` gives the segments and
+their total, so a resumed or re-run job reports its whole training time.
+
+Interruption: a `KeyboardInterrupt` (Ctrl-C) is re-raised as :class:`Interrupted` (a
+`KeyboardInterrupt`) whose message says at which step it stopped and from which checkpointed step
+re-running the same call resumes. No empty `metrics.jsonl` is left: the file appears with its first
+record.
+
+Epochs: every record's and log line's `epoch` is the 1-based epoch of the record's last step (the
+evaluation at the end of the first epoch and that epoch's last train record both say epoch 1).
 """
 
 from __future__ import annotations
@@ -28,6 +48,7 @@ import dataclasses
 import itertools
 import math
 import os
+import json
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
@@ -45,6 +66,33 @@ from jaxrec.train import logging as metrics_log
 Batch = Mapping[str, Any]
 State = Any
 EvalFn = Callable[[Any], Mapping[str, Any]]
+
+RUN_CONFIG_FILE = "run_config.json"
+TIMING_FILE = "timing.json"
+
+ConfigMismatchError = checkpoint_lib.ConfigMismatchError
+CheckpointError = checkpoint_lib.CheckpointError
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during `train`; ``str(e)`` says where it stopped and where a re-run resumes.
+
+  Attributes:
+    step: updates made when interrupted.
+    resume_step: the checkpointed step a re-run resumes from (0: from the start); None without a
+      workdir.
+  """
+
+  def __init__(self, step: int, resume_step: Optional[int]):
+    self.step, self.resume_step = step, resume_step
+    if resume_step is None:
+      msg = f"interrupted at step {step} (no workdir: nothing to resume)"
+    else:
+      msg = (f"interrupted at step {step}; re-run the same command to resume from step {resume_step}")
+    super().__init__(msg)
+
+  def __str__(self) -> str:
+    return self.args[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +112,8 @@ class LoopConfig:
     mode: "max" or "min" for `metric`.
     patience: stop after this many evaluations without a strict improvement (None: never).
     checkpoint_every: steps between periodic checkpoints, in addition to those listed above.
-    keep_latest: latest checkpoints kept on disk besides the best one.
+    keep_latest: latest checkpoints kept on disk besides the best one (>= 1; two, so that a damaged
+      newest one has a fallback).
     progress: show a tqdm progress bar.
     steps_per_epoch: for the progress bar's ETA when `batches_fn(epoch)` has no `len`.
     prefetch: batches put on device ahead of the step (0 disables).
@@ -80,7 +129,7 @@ class LoopConfig:
   mode: str = "max"
   patience: Optional[int] = None
   checkpoint_every: Optional[int] = None
-  keep_latest: int = 1
+  keep_latest: int = 2
   progress: bool = True
   steps_per_epoch: Optional[int] = None
   prefetch: int = 2
@@ -138,6 +187,69 @@ def _prefetch(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+def _epoch_of_last_step(pos: _Position) -> int:
+  """1-based epoch of the last step made (the position's epoch is 0-based and advanced at epoch end)."""
+  return pos.epoch + (1 if pos.batch > 0 else 0)
+
+
+def _flat(config: Any, prefix: str = "") -> Dict[str, Any]:
+  if isinstance(config, Mapping):
+    out: Dict[str, Any] = {}
+    for k, v in config.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+  return {prefix[:-1]: config}
+
+
+def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> List[str]:
+  """``["fit.learning_rate: 0.001 -> 0.01", ...]``: the dotted fields in which two configs differ."""
+  a, b = _flat(io.to_json_compatible(saved)), _flat(io.to_json_compatible(wanted))
+  show = lambda d, k: json.dumps(d[k]) if k in d else "(absent)"
+  return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b)) if a.get(k, ...) != b.get(k, ...)]
+
+
+def read_timing(workdir: str) -> dict:
+  """``{"segments": [{"from_step", "to_step", "seconds"}, ...], "total_seconds"}`` of a workdir."""
+  path = os.path.join(workdir, TIMING_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      segments = list(json.load(f).get("segments", []))
+  except (FileNotFoundError, ValueError, AttributeError):
+    segments = []
+  return {"segments": segments, "total_seconds": float(sum(s["seconds"] for s in segments))}
+
+
+def _add_timing(workdir: str, fresh: bool, segment: dict) -> None:
+  segments = [] if fresh else read_timing(workdir)["segments"]
+  segments.append(segment)
+  io.atomic_write_json(os.path.join(workdir, TIMING_FILE),
+                       {"segments": segments, "total_seconds": sum(s["seconds"] for s in segments)})
+
+
+def _check_run_config(workdir: str, run_config: Mapping[str, Any], resuming: bool) -> None:
+  """Writes ``run_config.json`` on a fresh start; on resume raises if it differs from ``run_config``."""
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  wanted = io.to_json_compatible(dict(run_config))
+  if resuming and os.path.exists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    except ValueError:
+      raise ConfigMismatchError(f"{path} is unreadable; pass another --workdir or delete {workdir} "
+                                "to start over") from None
+    diffs = config_differences(saved, wanted)
+    if diffs:
+      shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+      raise ConfigMismatchError(
+          f"{workdir} holds a run with another config ({shown}); pass another --workdir or delete "
+          f"{workdir} to start over")
+    return
+  if resuming:
+    logging.warning("%s has no %s (written by an older version); recording this run's config", workdir,
+                    RUN_CONFIG_FILE)
+  io.atomic_write_json(path, wanted)
 
 
 def _copy(tree: Any) -> Any:
@@ -201,13 +313,14 @@ class _Run:
     if not pos.window_count:
       return
     means = {k: v / pos.window_count for k, v in sorted(pos.window_sums.items())}
-    self.record({"kind": "train", "step": pos.step, "epoch": pos.epoch, **means})
+    epoch = _epoch_of_last_step(pos)
+    self.record({"kind": "train", "step": pos.step, "epoch": epoch, **means})
     now = time.perf_counter()
     rate = (pos.step - self.last_log_step) / max(now - self.last_log_time, 1e-9)
     self.last_log_time, self.last_log_step = now, pos.step
-    logging.info("step %d (epoch %d): %s (%.1f steps/s)", pos.step, pos.epoch,
+    logging.info("step %d (epoch %d): %s (%.1f steps/s)", pos.step, epoch,
                  ", ".join(f"{k}={v:.5g}" for k, v in means.items()), rate)
-    pbar.set_postfix(epoch=pos.epoch, loss=f"{means.get('loss', float('nan')):.4g}", refresh=False)
+    pbar.set_postfix(epoch=epoch, loss=f"{means.get('loss', float('nan')):.4g}", refresh=False)
     pos.window_sums, pos.window_count = {}, 0
 
   def evaluate(self, state: State) -> None:
@@ -230,8 +343,9 @@ class _Run:
         pos.bad_evals += 1
       self.pending_metric = value
     pos.last_eval_step = pos.step
-    self.record({"kind": "eval", "step": pos.step, "epoch": pos.epoch, **metrics, "best": improved})
-    logging.info("eval at step %d (epoch %d): %s%s", pos.step, pos.epoch,
+    epoch = _epoch_of_last_step(pos)
+    self.record({"kind": "eval", "step": pos.step, "epoch": epoch, **metrics, "best": improved})
+    logging.info("eval at step %d (epoch %d): %s%s", pos.step, epoch,
                  ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()), " (best)" if improved else "")
     if cfg.patience is not None and pos.bad_evals >= cfg.patience:
       logging.info("Early stopping at step %d: no improvement of %s in %d evaluations (best %s at step %s).",
@@ -255,6 +369,7 @@ def train(
     workdir: Optional[str] = None,
     *,
     rng: jax.Array,
+    run_config: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[State, List[dict]]:
   """Trains `state` with `learner.update` over `config.num_epochs` epochs of `batches_fn(epoch)`.
 
@@ -270,6 +385,8 @@ def train(
     workdir: directory for `checkpoints/` and `metrics.jsonl`; if it holds a checkpoint the run
       resumes from the latest one. None: no checkpoints, no files.
     rng: base PRNG key; step `s` uses `fold_in(rng, s)`. On resume the checkpointed key is used.
+    run_config: what this run is (JSON-able; e.g. model, hyper-parameters, dataset, split, seed):
+      written as `run_config.json` into `workdir` on a fresh start, compared on resume.
 
   Returns:
     `(best_state, history)`: the state with the best `config.metric` (the final state if there is
@@ -277,6 +394,9 @@ def train(
 
   Raises:
     FloatingPointError: a loss, gradient or parameter became NaN/Inf; the message names the step.
+    ConfigMismatchError: `workdir` holds a run of another `run_config` or of other state shapes.
+    CheckpointError: `workdir` is a file, or none of its checkpoints is readable.
+    Interrupted: Ctrl-C; the message names the step and the step a re-run resumes from.
   """
   if config.mode not in ("max", "min"):
     raise ValueError(f"mode must be 'max' or 'min', got {config.mode!r}")
@@ -289,30 +409,60 @@ def train(
   # same argument signature in fresh and resumed runs and compiles once.
   state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
   pos.rng = _key_data(rng)
+  t0 = time.perf_counter()
+  resume_step = None
   try:
     if workdir is not None:
+      if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir} is a file, not a directory; pass another --workdir")
+      ckpt_dir = os.path.join(workdir, "checkpoints")
+      if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir} is a file, not a directory; pass another --workdir")
       run.ckpt = checkpoint_lib.Checkpointer(
-          os.path.join(workdir, "checkpoints"), mode=config.mode, keep_latest=config.keep_latest,
+          ckpt_dir, mode=config.mode, keep_latest=config.keep_latest,
           async_save=config.async_checkpointing)
-      resume_step = run.ckpt.latest_step()
-      if resume_step is not None:
-        state, meta = run.ckpt.restore(resume_step, abstract)
+      has_checkpoint = run.ckpt.latest_step() is not None
+      if run_config is not None:
+        _check_run_config(workdir, run_config, has_checkpoint)
+      restored = run.ckpt.restore_latest_good(abstract) if has_checkpoint else None
+      if restored is not None:
+        resume_step, state, meta = restored
         run.pos = pos = _Position(**meta["loop"])
         if pos.rng != _key_data(rng):
           logging.warning("Resuming %s with its checkpointed rng, not the one passed in.", workdir)
         rng = _key_from_data(pos.rng, rng)
         if pos.best_step is not None:
+          if pos.best_step not in run.ckpt.all_steps() or pos.best_step in run.ckpt.broken:
+            raise CheckpointError(
+                f"checkpoint {ckpt_dir}/{resume_step} refers to a best state (step {pos.best_step}) "
+                f"that is missing or damaged; delete {workdir} or pass another --workdir to start over")
           run.best_state = run.ckpt.restore(pos.best_step, abstract)[0]
         logging.info("Resumed from %s at step %d (epoch %d, batch %d).", workdir, pos.step, pos.epoch,
                      pos.batch)
       run.writer = metrics_log.MetricsWriter(os.path.join(workdir, metrics_log.METRICS_FILE), resume_step)
       run.history = list(run.writer.records)
     state = _loop(run, state, batches_fn, rng)
+  except KeyboardInterrupt:
+    interrupted = True
+  else:
+    interrupted = False
   finally:
+    latest_saved = None
     if run.ckpt is not None:
-      run.ckpt.close()  # Waits for asynchronous saves to be finalized.
+      try:
+        run.ckpt.wait()  # Asynchronous saves are finalized before the latest is named.
+      except KeyboardInterrupt:
+        pass
+      latest_saved = max([s for s in run.ckpt.all_steps() if s not in run.ckpt.broken], default=0)
+      run.ckpt.close()
     if run.writer is not None:
       run.writer.close()
+    if run.writer is not None:  # the run started (no error before it): its time is a segment
+      _add_timing(workdir, resume_step is None,
+                  {"from_step": resume_step or 0, "to_step": run.pos.step,
+                   "seconds": time.perf_counter() - t0})
+  if interrupted:
+    raise Interrupted(run.pos.step, latest_saved) from None
   best = run.best_state if run.best_state is not None else state
   return best, run.history
 
