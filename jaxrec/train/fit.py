@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import os
 import time
 from typing import Any, Mapping, Optional
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -40,6 +43,69 @@ from jaxrec.models import registry
 from jaxrec.train import loop as loop_lib
 from jaxrec.train import state as state_lib
 from jaxrec.train import learner as learner_lib
+
+
+class ConfigError(ValueError):
+  """A config field outside its allowed range: ``field`` (its name) and ``requirement`` (a phrase).
+
+  ``str(e)`` reads ``FitConfig.epochs must be >= 1, got -1``; a binary names its own flag:
+  ``f"--config.fit.{e.field} {e.requirement}"``.
+  """
+
+  def __init__(self, owner: str, field: str, requirement: str):
+    self.owner, self.field, self.requirement = owner, field, requirement
+    super().__init__(f"{owner}.{field} {requirement}")
+
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_fields(cfg: Any, rules: Mapping[str, tuple]) -> None:
+  """Validates dataclass ``cfg`` against ``{field: (kind, low, optional)}``; raises :class:`ConfigError`.
+
+  ``kind``: ``"int"`` (``>= low``), ``"pos"`` (a finite float ``> low``), ``"float"`` (finite, ``>= low``),
+  ``"bool"``, ``"str"`` (non-empty) or a tuple of allowed strings; ``optional``: None is allowed.
+  """
+  owner = type(cfg).__name__
+  for name, (kind, low, optional) in rules.items():
+    v = getattr(cfg, name)
+    if v is None:
+      if not optional:
+        raise ConfigError(owner, name, "must be set, got None")
+      continue
+    none = " or None" if optional else ""
+    if kind == "int":
+      if not _is_int(v):
+        raise ConfigError(owner, name, f"must be an integer >= {low}{none}, got {v!r}")
+      if v < low:
+        raise ConfigError(owner, name, f"must be >= {low}{none}, got {v!r}")
+    elif kind in ("pos", "float"):
+      ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+      if not ok or (v <= low if kind == "pos" else v < low):
+        raise ConfigError(owner, name, f"must be a number {'>' if kind == 'pos' else '>='} {low}{none}, "
+                          f"got {v!r}")
+    elif kind == "bool":
+      if not isinstance(v, (bool, np.bool_)):
+        raise ConfigError(owner, name, f"must be true or false{none}, got {v!r}")
+    elif kind == "str":
+      if not isinstance(v, str) or not v:
+        raise ConfigError(owner, name, f"must be a non-empty string{none}, got {v!r}")
+    elif v not in kind:
+      raise ConfigError(owner, name, f"must be one of {', '.join(kind)}{none}, got {v!r}")
+
+
+_FIT_RULES = {
+    "epochs": ("int", 1, False), "batch_size": ("int", 1, False), "sequence_batch_size": ("int", 1, False),
+    "num_negatives": ("int", 1, False), "history_len": ("int", 1, False),
+    "learning_rate": ("pos", 0, False), "weight_decay": ("float", 0, False),
+    "optimizer": (OPTIMIZERS, None, False), "clip_norm": ("pos", 0, True), "loss": ("str", None, True),
+    "eval_every": ("int", 1, True), "metric": ("str", None, False), "valid_negatives": ("int", 1, False),
+    "patience": ("int", 1, True), "progress": ("bool", None, False), "all_positions": ("bool", None, True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +129,9 @@ class FitConfig:
     progress: tqdm progress bar.
     all_positions: train sequence models on all positions (None: the registry's
       ``ModelSpec.all_positions``; False: one target per window, e.g. to compare).
+
+  Every field is checked on construction (integers >= 1, learning rate > 0, ...): a value out of
+  range raises :class:`ConfigError` naming the field and its range.
   """
 
   epochs: int = 10
@@ -81,6 +150,29 @@ class FitConfig:
   patience: Optional[int] = 3
   progress: bool = False
   all_positions: Optional[bool] = None
+
+  def __post_init__(self):
+    check_fields(self, _FIT_RULES)
+
+
+def available_negatives(queries: Queries, num_items: int) -> int:
+  """The most sampled negatives every query can have: items that are neither known nor its positive."""
+  if not len(queries):
+    return num_items
+  excluded = queries.num_known() + (~queries.positive_is_known()).astype(np.int64)
+  return int(num_items - excluded.max())
+
+
+def capped_negatives(queries: Queries, num_items: int, wanted: int, what: str = "sampled") -> int:
+  """``wanted``, or the most every query can have (:func:`available_negatives`) with a warning."""
+  avail = available_negatives(queries, num_items)
+  if wanted <= avail:
+    return wanted
+  if avail < 1:
+    raise ValueError(f"{what}: a user knows every one of the {num_items} items; no negatives to draw")
+  logging.warning("%s protocol: %d negatives capped to %d (a user has only %d items that are neither "
+                  "known nor the positive, of %d)", what, wanted, avail, avail, num_items)
+  return avail
 
 
 def query_features(spec: registry.ModelSpec, logs: list[InteractionLog], which: int,
@@ -194,16 +286,29 @@ def epoch_batches(examples: Mapping[str, np.ndarray], known_csr, num_items: int,
 
 @dataclasses.dataclass
 class FitResult:
+  """What :func:`fit` returns.
+
+  Attributes:
+    train_seconds: training time of the whole run: with a workdir, the total over every segment
+      (first run, resumes, no-op re-runs), see ``train_segments``.
+    train_segments: ``[{"from_step", "to_step", "seconds"}]`` (one per ``fit`` call on the workdir).
+    valid_negatives: the sampled negatives the validation used (``config.valid_negatives``, capped
+      at what every validation query can have), None without a sampled validation.
+  """
+
   params: Any
   score_fn: Any
   history: list
   train_seconds: float
   best_step: int
+  train_segments: list = dataclasses.field(default_factory=list)
+  valid_negatives: Optional[int] = None
 
 
 def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], config: FitConfig, *,
         seed: int = 0, hparams: Optional[Mapping[str, Any]] = None, workdir: Optional[str] = None,
-        valid_protocol: Optional[protocols_lib.Protocol] = None) -> FitResult:
+        valid_protocol: Optional[protocols_lib.Protocol] = None,
+        run_config: Optional[Mapping[str, Any]] = None) -> FitResult:
   """Trains ``model`` (a registry name) on ``train``, selecting the best state on ``valid_queries``.
 
   Args:
@@ -215,13 +320,20 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
     seed: the one seed (init, data order, negatives).
     hparams: model hyper-parameters overriding the registry defaults.
     workdir: checkpoints and ``metrics.jsonl`` (resumes if it holds a checkpoint); None: in memory.
-    valid_protocol: protocol of the validation (default: ``config.valid_negatives`` sampled negatives).
+    valid_protocol: protocol of the validation (default: ``config.valid_negatives`` sampled negatives,
+      capped, with a warning, at the most every validation query can have).
+    run_config: what else defines the run (e.g. ``{"dataset": ..., "split": ...}``); with ``model``,
+      ``config`` (but ``progress``), ``hparams`` and ``seed`` it is the workdir's ``run_config.json``,
+      and a resume with another one raises :class:`jaxrec.train.loop.ConfigMismatchError`.
 
   Returns:
     A :class:`FitResult` with the best parameters and their ``ScoreFn``.
   """
   spec = registry.get(model)
   hp = dict(hparams or {})
+  fit_fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"}
+  full_run_config = {"model": model, "fit": fit_fields, "hparams": hp, "seed": seed,
+                     **dict(run_config or {})}
   config = dataclasses.replace(config, history_len=history_len_for(model, config, hp))
   module = spec.make(train.num_users, train.num_items, **hp)
   all_positions = uses_all_positions(spec, config)
@@ -239,9 +351,14 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
   state = learner.init(params, init_rng)
 
   eval_fn = None
+  valid_negatives = None
   if valid_queries is not None and len(valid_queries):
-    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=config.valid_negatives, seed=seed)
+    if valid_protocol is None:
+      valid_negatives = capped_negatives(valid_queries, train.num_items, config.valid_negatives,
+                                         "validation")
+    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=valid_negatives, seed=seed)
     if isinstance(protocol, protocols_lib.Sampled):
+      valid_negatives = protocol.num_negatives
       protocol = protocol.draw(valid_queries, train.num_items)
 
     def eval_fn(p):
@@ -258,10 +375,15 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
   best, history = loop_lib.train(
       loop_config, learner, state,
       lambda epoch: epoch_batches(examples, known, train.num_items, config, seed, epoch),
-      eval_fn, workdir, rng=loop_rng)
+      eval_fn, workdir, rng=loop_rng, run_config=full_run_config)
   seconds = time.time() - t0
+  segments = [{"from_step": 0, "to_step": int(best.step), "seconds": seconds}]
+  if workdir is not None and os.path.exists(os.path.join(workdir, loop_lib.TIMING_FILE)):
+    timing = loop_lib.read_timing(workdir)
+    segments, seconds = timing["segments"], timing["total_seconds"]
   return FitResult(params=best.params, score_fn=spec.score_fn(module), history=history,
-                   train_seconds=seconds, best_step=int(best.step))
+                   train_seconds=seconds, best_step=int(best.step), train_segments=segments,
+                   valid_negatives=valid_negatives)
 
 
 @functools.lru_cache(maxsize=None)
