@@ -3,7 +3,8 @@
 Every result, report and figure jaxrec writes goes through these helpers: the
 content is written to a temporary file in the same directory, flushed and
 fsync-ed, then moved over the destination with ``os.replace`` (atomic on POSIX).
-A crash leaves either the old file or the new one, never a truncated mix.
+A crash leaves either the old file or the new one, never a truncated mix. Files get the
+permissions an ``open`` would give (``0666`` less the umask), not ``mkstemp``'s ``0600``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,20 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 
+def _umask() -> int:
+  """The process umask, read without changing it where Linux allows (other threads write files)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o077)  # elsewhere: set and restore at once (a restrictive mask meanwhile)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
   """Yields a temporary path; on success it is renamed to ``path``.
@@ -29,7 +44,10 @@ def atomic_path(path: str) -> Iterator[str]:
   os.makedirs(directory, exist_ok=True)
   suffix = os.path.splitext(path)[1]
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-  os.close(fd)
+  try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a saved file gets the umask's permissions
+  finally:
+    os.close(fd)
   try:
     yield tmp
     with open(tmp, "rb+") as f:

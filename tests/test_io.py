@@ -37,3 +37,16 @@ def test_json_is_strict_for_non_finite_and_jax_values(tmp_path):
   text = open(path).read()
   assert "NaN" not in text and "Infinity" not in text
   assert json.loads(text) == {"nan": "nan", "inf": "inf", "j": [0, 1], "ok": True}
+
+
+def test_written_files_follow_the_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    path = str(tmp_path / "results.json")
+    io.atomic_write_json(path, {"a": 1})
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    os.umask(0o077)
+    io.atomic_write_text(path, "x")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+  finally:
+    os.umask(old)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 import jax
 
@@ -35,6 +35,8 @@ class Stage:
     eval_fn: ``eval_fn(params) -> {name: scalar}`` (validation), or None.
     init: ``init(params, rng) -> state`` from the previous stage's served parameters; None:
       ``learner.init``.
+    run_config: what defines the stage (JSON-able), remembered in its workdir and compared on
+      resume (:func:`jaxrec.train.loop.train`); None: not checked.
   """
 
   name: str
@@ -43,6 +45,7 @@ class Stage:
   config: loop_lib.LoopConfig
   eval_fn: Optional[Callable[[Params], Any]] = None
   init: Optional[Callable[[Params, jax.Array], Any]] = None
+  run_config: Optional[Mapping[str, Any]] = None
 
 
 def run_stages(stages: Sequence[Stage], params: Params, *, rng: jax.Array,
@@ -64,6 +67,7 @@ def run_stages(stages: Sequence[Stage], params: Params, *, rng: jax.Array,
     state = (stage.init or stage.learner.init)(params, init_rng)
     stage_dir = None if workdir is None else os.path.join(workdir, stage.name)
     best, histories[stage.name] = loop_lib.train(stage.config, stage.learner, state, stage.batches_fn,
-                                                 stage.eval_fn, stage_dir, rng=loop_rng)
+                                                 stage.eval_fn, stage_dir, rng=loop_rng,
+                                                 run_config=stage.run_config)
     params = stage.learner.params(best)
   return params, histories
