@@ -80,17 +80,66 @@ def define_data_flags(default_split: str, workdir: Optional[str], splits_allowed
   flags.DEFINE_string("workdir", workdir, "Output directory (results.json, checkpoints, figures).")
   flags.DEFINE_integer("seed", 0, "The one seed: data generation and order, sampling, init.")
   flags.DEFINE_string("cache_dir", None, "Cache for public files (default ~/.cache/jaxrec or $JAXREC_CACHE).")
+  flags.DEFINE_bool("verbose_libraries", False,
+                    "Show third-party (Orbax, JAX, absl) INFO logs; by default only their warnings.")
+
+
+def _own_dirs() -> tuple:
+  import jaxrec  # pylint: disable=import-outside-toplevel
+  return tuple(os.path.dirname(os.path.abspath(m)) + os.sep for m in (jaxrec.__file__, __file__))
+
+
+class _QuietLibraries:
+  """A logging filter: below WARNING, only records logged by jaxrec's and the binaries' own code."""
+
+  def __init__(self):
+    self.own = _own_dirs()
+
+  def filter(self, record) -> bool:
+    import logging  # pylint: disable=import-outside-toplevel
+    return record.levelno >= logging.WARNING or os.path.abspath(record.pathname or "").startswith(self.own)
+
+
+def quiet_libraries() -> None:
+  """Drops third-party INFO logs (Orbax logs each checkpoint file) unless ``--verbose_libraries``."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  if flags.FLAGS.is_parsed() and "verbose_libraries" in flags.FLAGS and flags.FLAGS.verbose_libraries:
+    return
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
+
+def _run_errors() -> tuple:
+  """The one-line errors of training runs (imported only when one propagates)."""
+  from jaxrec.train import checkpoint, fit  # pylint: disable=import-outside-toplevel
+  return (checkpoint.ConfigMismatchError, checkpoint.CheckpointError, fit.ConfigError)
 
 
 def friendly_errors(main):
-  """Wraps a binary's ``main``: bad input (``DataError``) ends the program with its message, no traceback."""
+  """Wraps a binary's ``main``: bad input ends the program with one ``error:`` line, no traceback.
+
+  Caught: ``DataError`` (bad data or dataset spec), a workdir of another config
+  (``ConfigMismatchError``), unreadable checkpoints or a workdir that is a file (``CheckpointError``),
+  a config field out of range (``ConfigError``), and Ctrl-C (exit status 130, with the step to resume
+  from when the loop knows it). Also quiets third-party INFO logs (:func:`quiet_libraries`).
+  """
   import functools  # pylint: disable=import-outside-toplevel
 
   @functools.wraps(main)
   def wrapped(argv):
+    quiet_libraries()
     try:
       return main(argv)
     except DataError as e:
+      raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:
+      msg = str(e) or "interrupted"
+      sys.stderr.write(f"error: {msg}\n")
+      sys.stderr.flush()
+      raise SystemExit(130) from None
+    except _run_errors() as e:  # evaluated only when an exception propagates
       raise SystemExit(f"error: {e}") from None
 
   return wrapped

@@ -4,8 +4,14 @@ r"""Train any registered base model and evaluate it under both protocols.
         --config.model=sasrec --config.fit.epochs=20 --config.fit.learning_rate=0.001
 
 writes ``results.json`` (test metrics per protocol and user segment, validation history, training
-time, the flags and the config), Orbax checkpoints and ``metrics.jsonl`` into the workdir; re-running
-the same command resumes from the last checkpoint. Models: ``jaxrec.models.registry.names()``.
+time, the flags, the config and which file columns were read as what) into the workdir, and Orbax
+checkpoints, ``metrics.jsonl``, ``run_config.json`` and ``timing.json`` into
+``WORKDIR/checkpoints_root/``. Re-running the same command resumes from the last checkpoint; a
+workdir trained with another model, config, dataset, split or seed is refused with one line naming
+the differing fields. ``train_seconds`` is the total over every run on the workdir
+(``train_segments`` lists them). Sampled negatives (validation and test) are capped, with a warning,
+at what every query can have (small datasets such as ``synthetic:tiny``). Models:
+``jaxrec.models.registry.names()``.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Optional
 
 from absl import app, flags
 
 from experiments import common, configs, plots
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
+from jaxrec.data import datasets
 from jaxrec.eval import suite
 from jaxrec.models import nonlearned, registry
 from jaxrec.train import fit as fit_lib
@@ -36,8 +44,13 @@ def run(model: str, dataset: str, split: str = "leave_last_out", *, config: fit_
   valid_q = dataclasses.replace(prep.valid_queries, features=fit_lib.query_features(spec, logs, 1, hist))
   test_q = dataclasses.replace(prep.test_queries, features=fit_lib.query_features(spec, logs, 2, hist))
   ckpt = os.path.join(workdir, "checkpoints_root") if workdir else None
-  fitted = fit_lib.fit(model, sp.train, valid_q, config, seed=seed, hparams=hparams, workdir=ckpt)
-  protocols = suite.standard_protocols(num_negatives=eval_negatives, seed=seed)
+  proto = getattr(prep, "protocol", None)
+  run_config = {"dataset": dataset, "split": split,
+                "protocol": getattr(proto, "name", None)}
+  fitted = fit_lib.fit(model, sp.train, valid_q, config, seed=seed, hparams=hparams, workdir=ckpt,
+                       run_config=run_config)
+  negatives = fit_lib.capped_negatives(test_q, prep.num_items, eval_negatives, "test")
+  protocols = suite.standard_protocols(num_negatives=negatives, seed=seed)
   if protocol != "both":
     protocols = {k: v for k, v in protocols.items() if (k == "full") == (protocol == "full")}
   protocols = suite.freeze_protocols(protocols, test_q, prep.num_items)
@@ -46,8 +59,9 @@ def run(model: str, dataset: str, split: str = "leave_last_out", *, config: fit_
   evals = [r for r in fitted.history if any(k.startswith("valid/") for k in r)]
   return {"model": model, "dataset": dataset, "split": split, "seed": seed,
           "config": dataclasses.asdict(config), "hparams": hparams or {},
-          "train_seconds": fitted.train_seconds, "best_step": fitted.best_step,
-          "valid_history": evals, "test": test}
+          "train_seconds": fitted.train_seconds, "train_segments": fitted.train_segments,
+          "best_step": fitted.best_step, "valid_negatives": fitted.valid_negatives,
+          "eval_negatives": negatives, "valid_history": evals, "test": test}
 
 
 # -- the main job's entry ------------------------------------------------------------------------------
@@ -150,6 +164,11 @@ class TrainConfig:
   hparams: str = "{}"
   fit: fit_lib.FitConfig = fit_lib.FitConfig(progress=True)
 
+  def __post_init__(self):
+    fit_lib.check_fields(self, {"model": ("str", None, False), "protocol": (("full", "sampled", "both"),
+                                                                          None, False),
+                                "eval_negatives": ("int", 1, False), "hparams": ("str", None, False)})
+
 
 def command_for(dataset: str, split: str, seed: int, config: TrainConfig, workdir: str) -> str:
   """The command that reproduces a run with ``config`` (only fields that differ from the defaults)."""
@@ -162,7 +181,11 @@ def command_for(dataset: str, split: str, seed: int, config: TrainConfig, workdi
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  cfg = configs.value(_CONFIG)
+  try:
+    cfg = configs.value(_CONFIG)
+  except fit_lib.ConfigError as e:
+    where = "config.fit" if e.owner == "FitConfig" else "config"
+    raise SystemExit(f"error: --{where}.{e.field} {e.requirement}") from None
   if cfg.model not in registry.names():
     raise SystemExit(f"error: --config.model={cfg.model!r} is not a registered model; "
                      f"registered: {registry.names()}")
@@ -173,6 +196,13 @@ def main(argv):
   except json.JSONDecodeError as e:
     raise SystemExit(f"error: --config.hparams is not a JSON dict: {e}") from None
   workdir = FLAGS.workdir or f"runs/train/{cfg.model}"
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SystemExit(f"error: --workdir={workdir} is a file, not a directory")
+  if not isinstance(hparams, dict):
+    raise SystemExit(f"error: --config.hparams is not a JSON dict: {cfg.hparams!r}")
+  described = datasets.describe(FLAGS.dataset)
+  if "column_map" in described:
+    print(f"{FLAGS.dataset}: {datasets.column_summary(described)}", file=sys.stderr)
   os.makedirs(workdir, exist_ok=True)
   results = run(cfg.model, FLAGS.dataset, FLAGS.split, config=cfg.fit, seed=FLAGS.seed,
                 hparams=hparams, workdir=workdir, cache_dir=FLAGS.cache_dir,
@@ -180,12 +210,15 @@ def main(argv):
   results["command"] = common.this_command()
   results["flags"] = common.flag_values()
   results["train_config"] = configs.to_dict(cfg)
+  results["dataset_read"] = described
   path = common.write_results(workdir, results)
   for pname, pr in results["test"].items():
     s = pr["summary"]
     print(f"{cfg.model} {pname:10s} HR@10={s['HR@10']:.4f} NDCG@10={s['NDCG@10']:.4f} MRR={s['MRR']:.4f}"
           f"  ({pr['protocol']})")
-  print(f"trained in {results['train_seconds']:.1f} s; wrote {path}")
+  segs = results["train_segments"]
+  parts = f" over {len(segs)} runs" if len(segs) > 1 else ""
+  print(f"trained in {results['train_seconds']:.1f} s{parts}; wrote {path}")
 
 
 def define_flags():
