@@ -166,6 +166,10 @@ def quick_config(model: str, suite_name: str) -> StreamingConfig:
   if suite_name == "quick":
     strat = strategies_lib.StrategyConfig(steps=2, batch_size=512, num_negatives=4, learning_rate=5e-3,
                                           retrain_epochs=3, reservoir_size=10_000, replay_sample=2048)
+    if registry.get(model).family == "sequence":  # retraining a GRU over everything is the cost
+      return StreamingConfig(model=model, blocks="periods:10", pretrain_periods=5, pretrain_epochs=2,
+                             history_len=10, hparams='{"dim": 32, "hidden": 32}',
+                             strategy=dataclasses.replace(strat, retrain_epochs=1))
     return StreamingConfig(model=model, blocks="periods:10", pretrain_periods=5, pretrain_epochs=3,
                            strategy=strat)
   strat = strategies_lib.StrategyConfig(steps=5, batch_size=256, num_negatives=4, learning_rate=5e-3,
