@@ -329,3 +329,20 @@ def test_popularity_negatives_follow_successive_sampling():
     p = w[a] / total * w[b] / (total - w[a]) + w[b] / total * w[a] / (total - w[b])
     freq = np.mean(((cand[:, 0] == a) & (cand[:, 1] == b)) | ((cand[:, 0] == b) & (cand[:, 1] == a)))
     assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n_rows), (a, b, freq, p)
+
+
+def test_growing_known_sets_reuse_compiled_kernels():
+  """Known sets that grow (a stream's blocks) stay within power-of-two padded exclusion widths."""
+  rng = np.random.default_rng(9)
+  table = jnp.asarray(rng.normal(size=(9, 37)).astype(np.float32))
+  test = InteractionLog.from_arrays(np.arange(9), rng.integers(0, 37, 9), num_users=9, num_items=37)
+  ranks, sizes = [], []
+  for k in (5, 6, 7, 8):
+    train = InteractionLog.from_arrays(np.repeat(np.arange(9), k), rng.integers(0, 37, 9 * k),
+                                       num_users=9, num_items=37)
+    queries = Queries.from_log(test, [train])
+    res = protocols.evaluate(_table_scores, table, queries, protocols.FullRanking(16), 37, batch_size=9)
+    known = [set(train.item[train.user == u].tolist()) for u in range(9)]
+    np.testing.assert_array_equal(res.ranks, _brute_ranks(np.asarray(table), test.user, test.item, known))
+    sizes.append(protocols._full_ranks._cache_size())
+  assert sizes[-1] == sizes[0]  # widths 5..8 share the padded width 8: one compilation

@@ -364,6 +364,11 @@ def _candidate_ranks(score_fn: ScoreFn, params, batch, cands):
 # -- host driver ----------------------------------------------------------------------------------
 
 
+def _bucket(n: int) -> int:
+  """The next power of two >= ``max(n, 1)``."""
+  return 1 << max(n - 1, 0).bit_length()
+
+
 def rank_queries(score_fn: ScoreFn, params: Any, queries: Queries, protocol: Protocol, num_items: int,
                  *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """Ranks and candidate counts of every query's positive under ``protocol``.
@@ -386,7 +391,9 @@ def rank_queries(score_fn: ScoreFn, params: Any, queries: Queries, protocol: Pro
     raise ValueError(f"Candidates has {protocol.items.shape[0]} rows for {q} queries")
   bs = int(min(batch_size, q))
   score_fn = _static_score_fn(score_fn)
-  width = int(queries.num_known().max(initial=0))
+  # The exclusion matrix is padded to the next power of two of the largest known set, so evaluations
+  # whose known sets grow (a stream's blocks, later epochs) reuse a few compiled shapes.
+  width = _bucket(int(queries.num_known().max(initial=0)))
   outs = []
   for s in range(0, q, bs):
     idx = np.arange(s, s + bs)
