@@ -1,4 +1,4 @@
-"""Tests of the 2TS / 2TS-Plus core (jaxrec/methods/two_time_scale.py), tiny shapes."""
+"""Tests of the 2TS / 2TS-Plus core (jaxrec/methods/two_time_scale/), tiny shapes."""
 
 import dataclasses
 import functools
@@ -13,6 +13,7 @@ from absl.testing import parameterized
 
 from jaxrec.data.log import InteractionLog
 from jaxrec.methods import two_time_scale as tts
+from jaxrec.train import learner as learner_lib
 
 NUM_USERS, NUM_ITEMS, FEAT = 7, 16, 3
 # per-user training sequences (time order); t* = 3, K = 2: users 0 and 3 active, 5 and 6 new.
@@ -201,7 +202,8 @@ def test_stage2_step_keeps_frozen_params_bit_identical_and_learns_the_rest():
   cfg, data, params, feats = _setup("2ts-plus")
   frozen = _bits({k: params[k] for k in tts.STAGE1_KEYS})
   before = jax.device_get(params)
-  step, state = tts.make_train_step(cfg, params, "stage2", learning_rate=1e-2)
+  learner = tts.stage_learner(cfg, params, "stage2", learning_rate=1e-2)
+  step, state = learner_lib.jit_update(learner), learner.init(params, jax.random.key(0))
   batch = _stage2_batch(data, feats)
   for s in range(3):
     state, metrics = step(state, batch, jax.random.key(s))
@@ -221,20 +223,42 @@ def test_stage_optimizer_keeps_no_adam_moments_for_frozen_keys():
   assert n_moments == 2 * trained  # mu and nu of the trained keys only
 
 
-def test_frozen_keys_get_exact_zero_gradients():
-  cfg, data, params, feats = _setup("2ts")
-  loss_fn = tts.make_loss_fn(cfg, params, "stage2")
-  grad_fn = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, jax.random.key(0))[0]))
-  grads = grad_fn(params, _stage2_batch(data, feats))
-  for k in tts.STAGE1_KEYS:
-    assert all(not np.any(g) for g in jax.tree.leaves(grads[k])), k
-  assert any(np.any(g) for g in jax.tree.leaves(grads["cell_in"]))
+def _grads(cfg, params, stage, batch):
+  loss_fn = tts.stage_loss_fn(cfg, params, stage)
+  return jax.jit(jax.grad(lambda p, b: loss_fn(p, b, jax.random.key(0))[0]))(params, batch)
+
+
+def _nonzero(tree):
+  return any(np.any(np.asarray(g)) for g in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("variant", ["2ts", "2ts-plus", "2-gru"])
+def test_stage2_gradients_are_zero_exactly_on_frozen_keys_and_nonzero_on_every_trained_key(variant):
+  cfg, data, params, feats = _setup(variant)
+  grads = _grads(cfg, params, "stage2", _stage2_batch(data, feats))
+  trained = set(tts.trainable_keys(cfg, params, "stage2"))
+  assert trained == set(params) - set(tts.STAGE1_KEYS) and "psi" in trained
+  for k in params:
+    if k in trained:
+      assert _nonzero(grads[k]), k
+    else:
+      assert not _nonzero(grads[k]), k
+
+
+def test_single_stage_gradients_reach_every_key():
+  cfg, data, params, feats = _setup("single-stage")
+  batch = dict(_stage2_batch(data, feats), pairs={"user": data.pair_user, "item": data.pair_item})
+  grads = _grads(cfg, params, "single", batch)
+  assert set(grads) == {"user", "item", "feat_net", "cell_in", "cell_act", "psi"}
+  for k in grads:
+    assert _nonzero(grads[k]), k
 
 
 def test_stage1_step_only_moves_stage1_params():
   cfg, data, params, feats = _setup("2ts")
   before = jax.device_get(params)
-  step, state = tts.make_train_step(cfg, params, "stage1", learning_rate=1e-2)
+  learner = tts.stage_learner(cfg, params, "stage1", learning_rate=1e-2)
+  step, state = learner_lib.jit_update(learner), learner.init(params, jax.random.key(0))
   batch = {"user": data.pair_user, "item": data.pair_item, "item_features": feats}
   p = step(state, batch, jax.random.key(0))[0].params
   assert _bits({k: p[k] for k in ("cell_in", "cell_act", "psi")}) == _bits(
@@ -251,10 +275,11 @@ def test_stage2_through_the_shared_loop_keeps_stage1_params_bit_identical():
   cfg, log = _resume_cfg(), _log(SEQS)
   seen = {}
 
-  def callback(stage, epoch, params):
-    seen[(stage, epoch)] = jax.device_get(params)
+  def eval_fn(stage, params):
+    seen[(stage, 1 + sum(k[0] == stage for k in seen))] = jax.device_get(params)
+    return {}
 
-  res = tts.train(cfg, log, callback)
+  res = tts.train(cfg, log, eval_fn=eval_fn, metric=None)
   after_stage1 = seen[("stage1", cfg.epochs_stage1)]
   assert _bits({k: res.params[k] for k in tts.STAGE1_KEYS if k in res.params}) == _bits(
       {k: after_stage1[k] for k in tts.STAGE1_KEYS if k in after_stage1})
@@ -275,13 +300,17 @@ def test_a_killed_stage_resumes_from_its_checkpoint_to_the_same_params(tmp_path)
   cfg, log = _resume_cfg(), _log(SEQS)
   reference = tts.train(cfg, log)
 
-  def kill(stage, epoch, params):
+  calls = []
+
+  def kill(stage, params):
     del params
-    if (stage, epoch) == ("stage2", 2):  # after the stage-2 epoch-1 checkpoint, before epoch 2's
+    calls.append(stage)
+    if calls.count("stage2") == 2:  # after the stage-2 epoch-1 checkpoint, before epoch 2's
       raise _Killed()
+    return {}
 
   with pytest.raises(_Killed):
-    tts.train(cfg, log, kill, workdir=str(tmp_path))
+    tts.train(cfg, log, eval_fn=kill, metric=None, workdir=str(tmp_path))
   assert (tmp_path / "stage1" / "metrics.jsonl").exists() and (tmp_path / "stage2" / "checkpoints").exists()
   resumed = tts.train(cfg, log, workdir=str(tmp_path))
   assert _bits(resumed.params) == _bits(reference.params)
@@ -348,7 +377,7 @@ def test_stage2_epoch_visits_each_row_once_in_length_buckets():
   assert shapes <= {1, 2, 4, 5} and len(shapes) > 1
 
 
-def test_score_fn_is_a_partial_over_the_table_and_does_not_recompile():
+def test_table_scores_takes_the_table_as_params_and_does_not_recompile():
   from jaxrec.eval import protocols  # pylint: disable=import-outside-toplevel
   from jaxrec.eval.queries import Queries  # pylint: disable=import-outside-toplevel
 
@@ -356,18 +385,16 @@ def test_score_fn_is_a_partial_over_the_table_and_does_not_recompile():
   test = _log({0: [1], 1: [2], 2: [3], 3: [9]}, t0=100)
   vecs = rng.normal(size=(4, 5)).astype(np.float32)
   table = jnp.asarray(rng.normal(size=(NUM_ITEMS, 5)).astype(np.float32))
-  fn = tts.make_score_fn(table)
-  assert isinstance(fn, functools.partial) and fn.args[0] is table
-  np.testing.assert_allclose(fn({"user_vec": vecs}, jnp.arange(NUM_ITEMS)), vecs @ np.asarray(table).T,
-                             rtol=1e-5)
+  np.testing.assert_allclose(tts.table_scores(table, {"user_vec": vecs}, jnp.arange(NUM_ITEMS)),
+                             vecs @ np.asarray(table).T, rtol=1e-5)
   queries = Queries.from_log(test, features={"user_vec": vecs[np.argsort(np.argsort(test.user))]})
   protocol = protocols.FullRanking(8)
-  res = protocols.evaluate(fn, queries, protocol, NUM_ITEMS, batch_size=4)
+  res = protocols.evaluate(tts.table_scores, table, queries, protocol, NUM_ITEMS, batch_size=4)
   scores = queries.features["user_vec"] @ np.asarray(table).T
   ref = 1 + (scores >= scores[np.arange(4), queries.positive][:, None]).sum(1) - 1
   np.testing.assert_array_equal(res.ranks, ref)
   before = protocols._full_ranks._cache_size()
-  protocols.evaluate(tts.make_score_fn(table * 2.0), queries, protocol, NUM_ITEMS, batch_size=4)
+  protocols.evaluate(tts.table_scores, table * 2.0, queries, protocol, NUM_ITEMS, batch_size=4)
   assert protocols._full_ranks._cache_size() == before
 
 
@@ -442,10 +469,6 @@ class VariantTest(parameterized.TestCase):
     np.testing.assert_array_equal(q0, q1)
     np.testing.assert_allclose(q0[:, 0], np.broadcast_to(params["psi_act"], q0[:, 0].shape))
 
-  def test_single_stage_trains_everything(self):
-    self.assertEqual(set(tts.trainable_keys(_cfg("single-stage"), _setup("single-stage")[2], "single")),
-                     {"user", "item", "feat_net", "cell_in", "cell_act", "psi"})
-
   def test_bad_variant(self):
     with self.assertRaises(ValueError):
       _cfg("3ts")
@@ -468,12 +491,52 @@ class VariantTest(parameterized.TestCase):
     else:
       np.testing.assert_allclose(states["h"][5], params["psi"], rtol=1e-6)  # new user: psi
       self.assertTrue((out.move > 0).all())
-      scores = tts.make_score_fn(tts.item_table(cfg, params))({"user_vec": out.user_vec}, jnp.arange(4))
+      scores = tts.table_scores(tts.item_table(cfg, params), {"user_vec": out.user_vec}, jnp.arange(4))
       self.assertEqual(scores.shape, (out.user_vec.shape[0], 4))
 
 
-def test_config_is_hashable_and_frozen():
-  cfg = _cfg()
-  with pytest.raises(dataclasses.FrozenInstanceError):
-    cfg.k = 3  # type: ignore[misc]
-  assert hash(cfg) == hash(_cfg())
+def _update_cache_sizes(cfg, log):
+  data = tts.prepare_training_data(log, cfg.t_star, cfg.k)
+  params = tts.init_params(cfg, jax.random.key(0), data.num_users, data.num_items)
+  return [learner_lib.jit_update(tts.stage_learner(cfg, params, s))._cache_size()
+          for s in tts.stage_names(cfg)]
+
+
+def test_another_seed_or_epoch_count_does_not_recompile_the_updates():
+  log = _log(SEQS)
+  base = _cfg("2ts", feats=False, epochs_stage1=1, epochs_stage2=1, batch_stage1=8, batch_inactive=2,
+              batch_active=1)
+  tts.train(base, log)
+  sizes = _update_cache_sizes(base, log)
+  assert all(n >= 1 for n in sizes), sizes
+  for seed, epochs in ((1, 1), (0, 2), (1, 2)):
+    cfg = dataclasses.replace(base, seed=seed, epochs_stage1=epochs, epochs_stage2=epochs)
+    tts.train(cfg, log)
+    assert _update_cache_sizes(cfg, log) == sizes, (seed, epochs)
+  # another static setting (here the offer-set size) is another learner and compiles on its own
+  assert _update_cache_sizes(dataclasses.replace(base, num_offered=4), log) == [0, 0]
+
+
+@pytest.mark.parametrize("variant", ["2ts", "2ts-plus", "ccf"])
+def test_bucketed_rollout_equals_the_unbucketed_one_on_synthetic_data(variant):
+  from jaxrec.data import datasets, splits  # pylint: disable=import-outside-toplevel
+
+  sp = splits.chronological(datasets.load_dataset("synthetic:tiny", seed=0))
+  feats = jnp.asarray(sp.train.item_features)
+  cfg = _cfg(variant, t_star=5, k=3)
+  data = tts.prepare_training_data(sp.train, cfg.t_star, cfg.k)
+  params = tts.init_params(cfg, jax.random.key(1), data.num_users, data.num_items, feats.shape[1])
+  seqs = tts.prepare_eval_sequences([sp.valid, sp.test])
+  lengths = seqs.mask.sum(1)
+  assert lengths.min() < seqs.mask.shape[1] // 4  # ragged enough for several buckets
+  ref = tts.eval_query_vectors(cfg, params, data, seqs, feats, batch_size=16, bucketed=False)
+  out = tts.eval_query_vectors(cfg, params, data, seqs, feats, batch_size=16)
+  np.testing.assert_allclose(out.user_vec, ref.user_vec, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.move, ref.move, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out.seen, ref.seen)
+  real, computed = tts.padded_steps(seqs, 16)
+  assert real == seqs.mask.sum() and computed < tts.padded_steps(seqs, 16, bucketed=False)[1]
+  # the validation rows alone give the same validation queries (they precede the test rows)
+  valid = tts.eval_query_vectors(cfg, params, data, tts.prepare_eval_sequences([sp.valid]), feats,
+                                 batch_size=16)
+  np.testing.assert_allclose(valid.user_vec, out.user_vec[:len(sp.valid)], rtol=1e-5, atol=1e-6)

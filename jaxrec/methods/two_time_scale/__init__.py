@@ -39,4 +39,4 @@ from jaxrec.methods.two_time_scale.rollout import (
     user_states)
 from jaxrec.methods.two_time_scale.training import (
     TrainResult, ccf_loss, offer_set_loss, offer_set_scores, sample_offer_negatives, single_stage_loss,
-    stage2_loss, stage_learner, stage_names, stage_optimizer, train)
+    stage2_loss, stage_learner, stage_loss_fn, stage_names, stage_optimizer, train)

@@ -180,6 +180,12 @@ def _loss_fn(cfg: TwoTimeScaleConfig, stage: str, trained: frozenset):
   return loss_fn
 
 
+def stage_loss_fn(cfg: TwoTimeScaleConfig, params: Params, stage: str):
+  """``loss_fn(params, batch, rng) -> (loss, aux)`` of ``stage``, the keys it does not train entering
+  through ``stop_gradient`` (their gradient is an exact zero)."""
+  return _loss_fn(cfg, stage, _trained(params, stage))
+
+
 def stage_optimizer(cfg: TwoTimeScaleConfig, params: Params, stage: str,
                     learning_rate: Optional[float] = None) -> optax.GradientTransformation:
   """Adam on the keys trained in ``stage``, ``optax.set_to_zero`` on the frozen ones.
@@ -256,7 +262,8 @@ class TrainResult:
 
 
 def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
-          eval_fn: Optional[Callable[[str, Params], Mapping[str, float]]] = None, metric: str = "mrr",
+          eval_fn: Optional[Callable[[str, Params], Mapping[str, float]]] = None,
+          metric: Optional[str] = "mrr",
           patience: Optional[int] = None, workdir: Optional[str] = None,
           progress: bool = False) -> TrainResult:
   """Trains stage 1 (CCF) then stage 2 (or the single stage) with :func:`jaxrec.train.stages.run_stages`.
@@ -273,7 +280,7 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
       the stage keeps its best params by ``eval_fn(...)[metric]`` (larger is better) and stops early
       after ``patience`` epochs without improvement. None: the last params of each stage. The params it
       receives are donated to the next step: copy what you keep (``jax.device_get``).
-    metric: the key of ``eval_fn``'s output that selects the best params.
+    metric: the key of ``eval_fn``'s output that selects the best params (None: the last params).
     patience: early-stopping patience in epochs (None: never stop early).
     workdir: checkpoint / ``metrics.jsonl`` directory (None: nothing written).
     progress: tqdm progress bars.
@@ -306,7 +313,8 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
 
     loop_cfg = loop_lib.LoopConfig(
         num_epochs=_epochs(cfg, name), log_every=spe, eval_at_epoch_end=True,
-        metric=metric if eval_fn else None, mode="max", patience=patience if eval_fn else None,
+        metric=metric if eval_fn else None, mode="max",
+        patience=patience if (eval_fn and metric) else None,
         steps_per_epoch=spe, progress=progress)
     # The learner depends on the keys of the params entering the stage: those of `params` (stage 2
     # trains no new keys; every key exists from init).
