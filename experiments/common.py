@@ -122,8 +122,9 @@ def friendly_errors(main):
 
   Caught: ``DataError`` (bad data or dataset spec), a workdir of another config
   (``ConfigMismatchError``), unreadable checkpoints or a workdir that is a file (``CheckpointError``),
-  a config field out of range (``ConfigError``), and Ctrl-C (exit status 130, with the step to resume
-  from when the loop knows it). Also quiets third-party INFO logs (:func:`quiet_libraries`).
+  a config field out of range (``ConfigError``), a file where a directory is wanted
+  (``FileExistsError``/``NotADirectoryError``, e.g. ``--workdir``), and Ctrl-C (exit status 130, with the
+  step to resume from when the loop knows it). Also quiets third-party INFO logs (:func:`quiet_libraries`).
   """
   import functools  # pylint: disable=import-outside-toplevel
 
@@ -141,6 +142,11 @@ def friendly_errors(main):
       raise SystemExit(130) from None
     except _run_errors() as e:  # evaluated only when an exception propagates
       raise SystemExit(f"error: {e}") from None
+    except (FileExistsError, NotADirectoryError) as e:
+      if not e.filename:
+        raise
+      raise SystemExit(f"error: {e.filename} (or a folder above it) is a file, not a directory; "
+                       "pass another --workdir") from None
 
   return wrapped
 

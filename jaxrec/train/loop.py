@@ -32,10 +32,12 @@ Timing: every `train` call with a workdir appends a segment (`from_step`, `to_st
 `timing.json` in the workdir (reset on a fresh start); :func:`read_timing` gives the segments and
 their total, so a resumed or re-run job reports its whole training time.
 
-Interruption: a `KeyboardInterrupt` (Ctrl-C) is re-raised as :class:`Interrupted` (a
-`KeyboardInterrupt`) whose message says at which step it stopped and from which checkpointed step
-re-running the same call resumes. No empty `metrics.jsonl` is left: the file appears with its first
-record.
+Interruption: called from the main thread, `train` handles Ctrl-C (SIGINT) itself: the run stops
+at the next step boundary, writes a checkpoint there (with a workdir) and raises :class:`Interrupted`
+(a `KeyboardInterrupt`) whose message says at which step it stopped and from which checkpointed step
+re-running the same call resumes; a second Ctrl-C stops at once. A `KeyboardInterrupt` from
+elsewhere (another handler, a data pipeline) is re-raised as :class:`Interrupted` too, naming the
+last finalized checkpoint. No empty `metrics.jsonl` is left: the file appears with its first record.
 
 Epochs: every record's and log line's `epoch` is the 1-based epoch of the record's last step (the
 evaluation at the end of the first epoch and that epoch's last train record both say epoch 1).
@@ -49,6 +51,8 @@ import itertools
 import math
 import os
 import json
+import signal
+import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
@@ -275,6 +279,7 @@ class _Run:
     self.pending_metric: Optional[float] = None
     self.last_log_time = time.perf_counter()
     self.last_log_step = 0
+    self.stop_requested = False  # set by the SIGINT handler; the loop stops at the next step boundary
 
   def record(self, rec: Dict[str, Any]) -> None:
     if self.writer is not None:
@@ -411,6 +416,17 @@ def train(
   pos.rng = _key_data(rng)
   t0 = time.perf_counter()
   resume_step = None
+  old_handler = None
+  if threading.current_thread() is threading.main_thread() and (
+      signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+
+    def on_sigint(signum, frame):
+      del signum, frame
+      if run.stop_requested:  # a second Ctrl-C stops at once
+        raise KeyboardInterrupt
+      run.stop_requested = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
   try:
     if workdir is not None:
       if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -447,6 +463,8 @@ def train(
   else:
     interrupted = False
   finally:
+    if old_handler is not None:
+      signal.signal(signal.SIGINT, old_handler)
     latest_saved = None
     if run.ckpt is not None:
       try:
@@ -482,6 +500,9 @@ def _loop(run: _Run, state: State, batches_fn: Callable[[int], Iterable[Batch]],
         pbar.total = len(batches) * cfg.num_epochs
       paused = False
       for batch in _prefetch(itertools.islice(iter(batches), pos.batch, None), cfg.prefetch):
+        if run.stop_requested:  # Ctrl-C: checkpoint this step boundary, then stop.
+          run.save(state)
+          raise KeyboardInterrupt
         if save_due:  # Deferred to here so that an epoch end at the same step updates the position.
           run.save(state)
           save_due = False
