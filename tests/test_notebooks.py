@@ -40,4 +40,4 @@ def test_notebook_runs(twin, monkeypatch):
   monkeypatch.setenv("JAXREC_NOTEBOOK_EPOCHS", "1")
   monkeypatch.setenv("JAXREC_NOTEBOOK_PRESET", "tiny")
   ns = runpy.run_path(twin)
-  assert ns["result"]["test"]["full"]["summary"]["num_queries"] > 0
+  assert ns["sasrec"]["full"]["summary"]["num_queries"] > 0
