@@ -2,22 +2,24 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from experiments import two_time_scale as exp
-from experiments.registry import RunContext
+from experiments import two_time_scale_report as report
+from jaxrec.methods import two_time_scale as tts
 
 _ROWS = {"2TS", "2TS-Plus", "2TS-SingleStage", "2-GRU", "CCF", "SumPooling", "GRU4Rec", "SASRec",
          "Popularity"}
 
 
 def _tiny_options(**kw):
-  base = dict(t_star=5, k=3, num_offered=5, d_id=8, d_feat=4, epochs_stage1=1, epochs_stage2=1,
-              epochs_single=1, base_epochs=1, base_batch_size=128, base_history_len=8, base_negatives=8,
-              curve_queries=50, eval_negatives=49)
+  base = dict(base_epochs=1, base_batch_size=128, base_history_len=8, base_negatives=8, eval_negatives=49)
   base.update(kw)
-  return exp.Options.from_flat(base)
+  return exp.Options(tts=tts.TwoTimeScaleConfig(t_star=5, k=3, num_offered=5, d_id=8, d_feat=4,
+                                                epochs_stage1=1, epochs_stage2=1, epochs_single=1), **base)
 
 
 def test_options_reject_unknown_variant():
@@ -27,15 +29,15 @@ def test_options_reject_unknown_variant():
 
 def test_label_position_inside_bucket():
   labels = ["[0,1)", "[1,5)", "[5,10)", "[10,inf)"]
-  assert exp._label_position(labels, 5) == pytest.approx(1.5)
-  assert exp._label_position(labels, 7.5) == pytest.approx(2.0)
-  assert exp._label_position(labels, 50) == 3
+  assert report.label_position(labels, 5) == pytest.approx(1.5)
+  assert report.label_position(labels, 7.5) == pytest.approx(2.0)
+  assert report.label_position(labels, 50) == 3
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("two_time_scale"))
-  results, figures = exp.run_all(["synthetic:tiny"], _tiny_options(), workdir, command="test",
+  results, figures = exp.run_all(["synthetic:tiny"], _tiny_options(), workdir, command_line="test",
                                  log=lambda m: None)
   return workdir, results, figures
 
@@ -54,6 +56,7 @@ def test_run_writes_every_row_both_protocols_and_figures(tiny_run):
     # Sampled ranking among 50 candidates is never harder than full ranking over all 100 items.
     assert r["sampled49 MRR"] >= r["full MRR"] - 1e-9, r["method"]
     assert r["command"].startswith("python -m experiments.two_time_scale --dataset=synthetic:tiny")
+    assert "--config.tts.t_star=5" in r["command"] and "--config.eval_negatives=49" in r["command"]
   assert {os.path.basename(p) for p in figures} == {
       "fig2_mrr_vs_time.png", "fig3_mrr_by_segment.png", "fig4_embedding_moves.png"}
   for p in figures:
@@ -62,6 +65,7 @@ def test_run_writes_every_row_both_protocols_and_figures(tiny_run):
   hist = ds["tts"]["2ts"]["history"]
   assert [h["stage"] for h in hist] == ["stage1", "stage2"]
   assert all("test_MRR" in h and h["wall_time"] > 0 for h in hist)
+  assert ds["protocol"].startswith("2ts-chronological") and "no exclusions" in ds["protocol"]
   mv = ds["tts"]["2ts"]["moves"]
   num_moves = sum(mv["active"]["count"]) + sum(mv["inactive"]["count"])
   assert num_moves == ds["stats"]["valid"] + ds["stats"]["test"]
@@ -73,7 +77,7 @@ def test_sweep_figure_marks_chosen_and_theory(tiny_run, tmp_path):
   _, results, _ = tiny_run
   res = dict(results["datasets"]["synthetic:tiny"])
   res["sweep"] = [{"t_star": t, "k": 3, "valid MRR": 0.1 * t, "test MRR": 0.1} for t in (3, 5)]
-  paths = exp.make_figures(res, str(tmp_path))
+  paths = report.make_figures(res, str(tmp_path))
   assert "fig_threshold_sweep.png" in {os.path.basename(p) for p in paths}
 
 
@@ -83,10 +87,27 @@ def test_experiment_is_registered_with_small_quick_budget():
   assert quick.tts.epochs_stage1 + quick.tts.epochs_stage2 <= 6 and not quick.sweep_t_star
 
 
-def test_options_flat_round_trip_and_changed_flags():
-  opts = _tiny_options(seed=3)
-  assert exp.Options.from_flat(opts.flat()) == opts
-  assert opts.tts_config("2ts-plus").variant == "2ts-plus" and opts.tts_config("2ts").seed == 3
-  changed = opts.flags(changed_only=True)
-  assert changed["t_star"] == 5 and "lr_stage1" not in changed
-  assert isinstance(RunContext(workdir="x").datasets, tuple)
+_PARSE = """
+import sys
+from absl import flags
+from experiments import configs, two_time_scale as exp
+exp.define_flags()
+flags.FLAGS(sys.argv)
+opts = configs.value(exp._CONFIG)
+assert isinstance(opts, exp.Options), type(opts)
+print(repr((opts.tts.t_star, opts.variants, opts.base_lr, type(opts.tts).__name__)))
+print(exp.command("synthetic:tiny", 3, opts))
+"""
+
+
+def test_config_flags_parse_into_the_frozen_options():
+  out = subprocess.run([sys.executable, "-c", _PARSE, "--config.tts.t_star=50",
+                        "--config.variants=('2ts','ccf')", "--config.base_lr=0.01"],
+                       capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))).stdout.splitlines()
+  assert out[0] == repr((50, ("2ts", "ccf"), 0.01, "TwoTimeScaleConfig"))
+  cmd = out[1]
+  assert "--config.tts.t_star=50" in cmd and "--config.base_lr=0.01" in cmd and "--seed=3" in cmd
+  assert "lr_stage1" not in cmd  # only the fields that differ from the defaults
+  opts = exp.Options(tts=tts.TwoTimeScaleConfig(t_star=50))
+  assert opts.tts_config("2ts-plus", seed=3).seed == 3 and opts.tts_config("2ts", seed=0).t_star == 50
