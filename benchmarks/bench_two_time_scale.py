@@ -1,7 +1,8 @@
 """Throughput of 2TS training on the shared core, streaming stage 1 at scale, and 2TS vs GRU4Rec epochs.
 
-Three measurements, all through `jaxrec.train.loop.train` with the steps of
-`jaxrec.methods.two_time_scale.make_train_step` (one jitted, donated step per stage), CPU only:
+Three measurements, all through `jaxrec.train.loop.train` with the learners of
+`jaxrec.methods.two_time_scale.stage_learner` (`jaxrec.train.learner.gradient_learner`, one jitted, donated
+update per stage), CPU only:
 
 1. Stage-1 (CCF pairs) and stage-2 (two GRU cells over the inactive users' full sequences, in
    length buckets padded to powers of two, and the active users' last K; one group per step) throughput
@@ -42,9 +43,9 @@ import numpy as np
 from jaxrec.data import synthetic
 from jaxrec.data.log import InteractionLog
 from jaxrec.methods import two_time_scale as tts
+from jaxrec.train import learner as learner_lib
 from jaxrec.train import loop as loop_lib
 from jaxrec.train import state as state_lib
-from jaxrec.train import step as step_lib
 
 
 def _vmhwm_mib() -> float:
@@ -60,12 +61,12 @@ def _loop_config(steps: int) -> loop_lib.LoopConfig:
                              steps_per_epoch=steps)
 
 
-def _timed_epoch(step, make_state, batches_fn, rng):
+def _timed_epoch(learner, make_state, batches_fn, rng):
   """Wall and CPU seconds of one `loop.train` epoch (the state is built before the clocks start)."""
   state = make_state()
   jax.block_until_ready(state)
   t0, c0 = time.perf_counter(), time.process_time()
-  final, history = loop_lib.train(_loop_config(0), state, step, batches_fn, rng=rng)
+  final, history = loop_lib.train(_loop_config(0), learner, state, batches_fn, rng=rng)
   jax.block_until_ready(final)
   return time.perf_counter() - t0, time.process_time() - c0, history
 
@@ -111,9 +112,8 @@ def gru4rec_loss_fn(cfg: tts.TwoTimeScaleConfig):
     cell = lambda h, x: nn.GRUCell(features=h.shape[-1]).apply({"params": params["cell"]}, h, x)[0]
     qs, _, _, _ = tts.rollout(cfg, params, cell, h0, jnp.zeros_like(h0), xs, mask)
     negs = tts.sample_offer_negatives(rng, items, params["item"].shape[0], cfg.num_offered)
-    per = tts.offer_set_loss(qs, xs, jnp.take(params["item"], negs, axis=0))
-    m = mask.astype(per.dtype)
-    return jnp.sum(per * m) / jnp.maximum(jnp.sum(m), 1.0), {}
+    scores = tts.offer_set_scores(qs, xs, jnp.take(params["item"], negs, axis=0))
+    return tts.offer_set_loss(scores, mask), {}
 
   return loss_fn
 
@@ -134,10 +134,9 @@ def bench_medium(args):
         f"p={args.p}, t*={args.t_star}, K={args.k}; active users {int(data.active.sum())} holding "
         f"{int(data.counts[data.active].sum())} interactions, inactive sequences {data.in_user.shape[0]}")
   params = tts.init_params(cfg, jax.random.key(0), data.num_users, data.num_items)
-  step1, _ = tts.make_train_step(cfg, params, "stage1")
-  step2, _ = tts.make_train_step(cfg, params, "stage2")
-  mk1 = lambda: tts.make_train_step(cfg, params, "stage1")[1]
-  mk2 = lambda: tts.make_train_step(cfg, params, "stage2")[1]
+  step1, step2 = tts.stage_learner(cfg, params, "stage1"), tts.stage_learner(cfg, params, "stage2")
+  mk1 = lambda: step1.init(jax.tree.map(jnp.copy, params), jax.random.key(0))
+  mk2 = lambda: step2.init(jax.tree.map(jnp.copy, params), jax.random.key(0))
   s1 = lambda e: tts.stage_batches(cfg, data, "stage1", e)
   s2 = lambda e: tts.stage_batches(cfg, data, "stage2", e)
   steps1, steps2 = tts.steps_per_epoch(cfg, data, "stage1"), tts.steps_per_epoch(cfg, data, "stage2")
@@ -151,8 +150,8 @@ def bench_medium(args):
   gbatches = full_sequence_batches(log, args.batch_users)
   gparams = gru4rec_init(jax.random.key(1), log.num_items, args.dim)
   gtx = state_lib.make_optimizer("adam", 1e-3)
-  gstep = step_lib.jit_train_step(gru4rec_loss_fn(gcfg), gtx)
-  mkg = lambda: state_lib.create(gparams, gtx)
+  gstep = learner_lib.gradient_learner(gru4rec_loss_fn(gcfg), gtx)
+  mkg = lambda: gstep.init(jax.tree.map(jnp.copy, gparams), jax.random.key(0))
   order = lambda e: (gbatches[i] for i in np.random.default_rng([0, e]).permutation(len(gbatches)))
   gpad = sum(b["mask"].size for b in gbatches)
   print(f"GRU4Rec full sequences: {len(gbatches)} batches of {args.batch_users} users, lengths "
@@ -193,7 +192,8 @@ def bench_large(args):
   cfg = tts.TwoTimeScaleConfig(d_id=args.dim, num_offered=args.p, batch_stage1=args.large_batch)
   params = tts.init_params(cfg, jax.random.key(0), config.num_users, config.num_items)
   params = {k: params[k] for k in tts.STAGE1_KEYS if k in params}  # stage 1 needs no cells
-  step, state = tts.make_train_step(cfg, params, "stage1")
+  learner = tts.stage_learner(cfg, params, "stage1")
+  step, state = learner_lib.jit_update(learner), learner.init(params, jax.random.key(0))
   del params
   total = synthetic.num_chunks(config)
   limit = min(args.large_chunks or total, total)
@@ -232,7 +232,7 @@ def bench_large(args):
   rss0 = _vmhwm_mib()
   t0, c0 = time.perf_counter(), time.process_time()
   deadline[0] = t0 + args.large_seconds
-  final, _ = loop_lib.train(lcfg, state, step, batches_fn, rng=jax.random.key(1))
+  final, _ = loop_lib.train(lcfg, learner, state, batches_fn, rng=jax.random.key(1))
   jax.block_until_ready(final)
   wall, cpu = time.perf_counter() - t0, time.process_time() - c0
   train_s = wall - stats["gen"] - stats["prep"]

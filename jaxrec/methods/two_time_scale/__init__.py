@@ -40,3 +40,7 @@ from jaxrec.methods.two_time_scale.rollout import (
 from jaxrec.methods.two_time_scale.training import (
     TrainResult, ccf_loss, offer_set_loss, offer_set_scores, sample_offer_negatives, single_stage_loss,
     stage2_loss, stage_learner, stage_loss_fn, stage_names, stage_optimizer, train)
+
+# ``tts.rollout`` is the cell rollout of :mod:`.model` (as before the split), not the submodule of the same
+# name (importing the submodule above bound the package attribute to it): rebind it.
+from jaxrec.methods.two_time_scale.model import rollout  # pylint: disable=g-import-not-at-top,wrong-import-position
