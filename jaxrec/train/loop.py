@@ -211,7 +211,8 @@ def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> L
   """``["fit.learning_rate: 0.001 -> 0.01", ...]``: the dotted fields in which two configs differ."""
   a, b = _flat(io.to_json_compatible(saved)), _flat(io.to_json_compatible(wanted))
   show = lambda d, k: json.dumps(d[k]) if k in d else "(absent)"
-  return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b)) if a.get(k, ...) != b.get(k, ...)]
+  keys = sorted(set(a) | set(b))
+  return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in keys if a.get(k, ...) != b.get(k, ...)]
 
 
 def read_timing(workdir: str) -> dict:
