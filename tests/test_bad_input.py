@@ -99,7 +99,8 @@ def test_bad_input_is_one_error_line(tmp_path, name):
     ("learning_rate", float("nan"), "must be a number > 0"),
     ("weight_decay", -1e-4, "must be a number >= 0"), ("optimizer", "adamm", "one of adam, sgd, adamw"),
     ("clip_norm", 0.0, "> 0 or None"), ("eval_every", 0, ">= 1 or None"), ("metric", "", "non-empty"),
-    ("valid_negatives", 0, "must be >= 1"), ("patience", 0, ">= 1 or None"), ("progress", "yes", "true or false"),
+    ("valid_negatives", 0, "must be >= 1"), ("patience", 0, ">= 1 or None"),
+    ("progress", "yes", "true or false"),
 ])
 def test_fit_config_fields_are_range_checked(field, value, message):
   from jaxrec.train import fit as fit_lib
@@ -112,7 +113,8 @@ def test_train_reads_csv_time_refuses_other_config_sums_time(tmp_path):
   csv_path = _ratings(tmp_path)
   work = str(tmp_path / "run")
   args = [f"--dataset=csv:{csv_path}", f"--workdir={work}", "--config.fit.epochs=1",
-          "--config.fit.progress=False", "--config.fit.num_negatives=4", "--config.fit.valid_negatives=10", "--config.eval_negatives=10"]
+          "--config.fit.progress=False", "--config.fit.num_negatives=4",
+          "--config.fit.valid_negatives=10", "--config.eval_negatives=10"]
   first = _binary("experiments.train", *args)
   assert first.returncode == 0, first.stderr[-3000:]
   assert "columns read: user <- 'user', item <- 'item', timestamp <- 'timestamp'" in first.stderr
