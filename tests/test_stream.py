@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 import unittest
 
@@ -145,7 +146,8 @@ class LoopTest(parameterized.TestCase):
                 config=loop_lib.StreamConfig(checkpoint_every=2, jit=d.jittable))
       paused = _stream(name, env, workdir=wd,
                        config=loop_lib.StreamConfig(checkpoint_every=2, max_blocks=1, jit=d.jittable))
-      self.assertFalse(paused.done)
+      self.assertFalse(paused.done, f"records={len(paused.records)} blocks={len(data)} "
+                       f"ckpts={sorted(os.listdir(os.path.join(wd, 'checkpoints')))}")
       self.assertLen(paused.records, 3)  # resumed at block 2 (last checkpoint), paused after block 2
       resumed = _stream(name, env, workdir=wd, config=loop_lib.StreamConfig(checkpoint_every=2,
                                                                             jit=d.jittable))

@@ -306,3 +306,16 @@ def test_stages_resume_and_start_from_previous(tmp_path):
   chex.assert_trees_all_close(again, p1, atol=0, rtol=0)
   with pytest.raises(ValueError, match="distinct"):
     stages_lib.run_stages([stages[0], stages[0]], params0, rng=jax.random.key(0))
+
+
+def test_async_save_keeps_meta_as_it_was_at_save_time(tmp_path):
+  """A caller that mutates its meta after `save` returns (a stream's growing records list) must not
+  change what the asynchronous save writes."""
+  records = [{"block": 0}]
+  state = _init(0)
+  with checkpoint_lib.Checkpointer(str(tmp_path), async_save=True) as ckpt:
+    ckpt.save(1, state, {"next_block": 1, "records": records})
+    records.append({"block": 1})
+  with checkpoint_lib.Checkpointer(str(tmp_path)) as ckpt:
+    _, meta = ckpt.restore_latest(checkpoint_lib.abstract_like(state))
+  assert meta == {"next_block": 1, "records": [{"block": 0}]}

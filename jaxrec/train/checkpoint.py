@@ -25,6 +25,8 @@ right after `save` returns); `wait()`/`close()` block until they are finalized.
 
 from __future__ import annotations
 
+import copy
+
 import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -113,7 +115,7 @@ class Checkpointer:
     Args:
       step: the step number (directory name).
       state: the pytree; copied to host memory before this returns.
-      meta: a JSON-serializable dict.
+      meta: a JSON-serializable dict (deep-copied here, so the caller may mutate it afterwards).
       metric: validation metric of this state, or None; only checkpoints with a finite metric
         compete for "best".
     """
@@ -127,7 +129,9 @@ class Checkpointer:
     metrics = {"has_score": 0, "score": 0.0, "step": int(step)}
     if metric is not None and math.isfinite(metric):
       metrics.update(has_score=1, score=float(metric) if self.mode == "max" else -float(metric))
-    meta = dict(meta, **{_STRUCTURE: structure(host_state)})
+    # Deep-copied: an asynchronous save serialises `meta` later, when the caller may have mutated it
+    # (a stream appends to the records list it passed), which would pair a position with later data.
+    meta = copy.deepcopy(dict(meta, **{_STRUCTURE: structure(host_state)}))
     args = ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta))
     self._mngr.save(step, args=args, metrics=metrics, force=True)
 
