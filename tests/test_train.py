@@ -319,3 +319,15 @@ def test_async_save_keeps_meta_as_it_was_at_save_time(tmp_path):
   with checkpoint_lib.Checkpointer(str(tmp_path)) as ckpt:
     _, meta = ckpt.restore_latest(checkpoint_lib.abstract_like(state))
   assert meta == {"next_block": 1, "records": [{"block": 0}]}
+
+
+def test_checkpointer_takes_a_relative_directory(tmp_path, monkeypatch):
+  """`--workdir=runs/x` is the common case; Orbax itself refuses relative paths."""
+  monkeypatch.chdir(tmp_path)
+  state = _init(0)
+  with checkpoint_lib.Checkpointer(os.path.join("runs", "x")) as ckpt:
+    ckpt.save(1, state, {"pos": 1})
+  with checkpoint_lib.Checkpointer(os.path.join("runs", "x")) as ckpt:
+    restored, meta = ckpt.restore_latest(checkpoint_lib.abstract_like(state))
+  chex.assert_trees_all_close(restored, state, atol=0)
+  assert meta == {"pos": 1} and os.path.isdir(tmp_path / "runs" / "x" / "1")

@@ -96,6 +96,7 @@ class Checkpointer:
       raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if keep_latest < 1:
       raise ValueError(f"keep_latest must be >= 1, got {keep_latest}")
+    directory = os.path.abspath(directory)  # Orbax needs absolute paths (relative --workdir is common)
     self.directory = directory
     self.mode = mode
     self.broken: List[int] = []  # steps found unreadable by restore_latest_good
