@@ -26,17 +26,20 @@ import os
 import time
 from typing import Optional
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
+import numpy as np
 
 from experiments import common, configs, plots
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
 from jaxrec.data import datasets
+from jaxrec.data.log import DataError
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import evaluate as evaluate_lib
 from jaxrec.stream import loop as loop_lib
 from jaxrec.stream import strategies as strategies_lib
+from jaxrec.train import fit as fit_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +89,26 @@ def _truncate(data: blocks_lib.Blocks, n: int) -> blocks_lib.Blocks:
   return dataclasses.replace(data, starts=data.starts[:n], ends=data.ends[:n])
 
 
+def _capped_negatives(log, wanted: int, exclude_known: bool) -> int:
+  """``wanted``, or (with a warning) the most that every block's queries can have: a user's known items
+  are at most all its distinct items of the whole log (synthetic:tiny has 100 items)."""
+  if not wanted:
+    return wanted
+  known = 0
+  if exclude_known:
+    pairs = np.unique(log.user.astype(np.int64) * log.num_items + log.item)
+    known = int(np.bincount(pairs // log.num_items, minlength=log.num_users).max(initial=0))
+  avail = log.num_items - 1 - known
+  if wanted <= avail:
+    return wanted
+  if avail < 1:
+    raise DataError(f"streaming: a user knows all {log.num_items} items; no sampled negatives to draw "
+                    f"(use --config.eval_negatives=0 for full ranking only)")
+  logging.warning("streaming: %d sampled negatives capped to %d (a user knows %d of %d items)", wanted,
+                  avail, known, log.num_items)
+  return avail
+
+
 def run(config: StreamingConfig, dataset: str, *, seed: int = 0, workdir: Optional[str] = None,
         cache_dir: Optional[str] = None) -> dict:
   """Pre-trains once, streams every strategy; returns the results dict (see module docstring)."""
@@ -107,10 +130,11 @@ def run(config: StreamingConfig, dataset: str, *, seed: int = 0, workdir: Option
                                    config.pretrain_epochs)
   params = jax.block_until_ready(params)
   pretrain_seconds = time.perf_counter() - t0
-  evaluator = evaluate_lib.BlockEvaluator(spec.score_fn(module), data, num_negatives=config.eval_negatives,
+  negatives = _capped_negatives(log, config.eval_negatives, config.exclude_known)
+  evaluator = evaluate_lib.BlockEvaluator(spec.score_fn(module), data, num_negatives=negatives,
                                           seed=seed, exclude_known=config.exclude_known)
   streams, rows = {}, []
-  sampled = f"sampled{config.eval_negatives}"
+  sampled = f"sampled{negatives}"
   for name in config.strategies:
     d = strategies_lib.get(name)
     learner = d.make(env)
@@ -127,7 +151,7 @@ def run(config: StreamingConfig, dataset: str, *, seed: int = 0, workdir: Option
     row["update s"] = sum(r["update_seconds"] for r in res.records)
     row["eval s"] = sum(r["eval_seconds"] for r in res.records)
     rows.append(row)
-  return {"dataset": dataset, "seed": seed, "config": configs.to_dict(config),
+  return {"dataset": dataset, "seed": seed, "config": configs.to_dict(config), "eval_negatives": negatives,
           "num_blocks": len(data), "block_size": data.block_size, "offline_rows": data.offline_end,
           "stream_rows": int(data.sizes().sum()), "pretrain_seconds": pretrain_seconds,
           "table": rows, "streams": streams}
@@ -204,7 +228,11 @@ EXPERIMENT = Experiment(name="streaming", title="Streams: fine-tune vs retrain v
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  cfg = configs.value(_CONFIG)
+  try:
+    cfg = configs.value(_CONFIG)
+  except fit_lib.ConfigError as e:
+    where = "config.strategy" if e.owner == "StrategyConfig" else "config"
+    raise SystemExit(f"error: --{where}.{e.field} {e.requirement}") from None
   if cfg.model not in registry.names():
     raise SystemExit(f"error: --config.model={cfg.model!r} is not a registered model; "
                      f"registered: {registry.names()}")
@@ -217,7 +245,7 @@ def main(argv):
   results["command"] = common.this_command()
   results["figures"] = figures(results, workdir)
   path = common.write_results(workdir, results)
-  sampled = f"sampled{cfg.eval_negatives}"
+  sampled = f"sampled{results['eval_negatives']}"
   print(f"{results['num_blocks']} blocks of <= {results['block_size']} rows after "
         f"{results['offline_rows']} offline rows (pre-training {results['pretrain_seconds']:.1f} s)")
   for r in results["table"]:

@@ -132,8 +132,12 @@ class _Setup:
 
 def _setup(spec: str, seed: int, cache_dir: Optional[str], eval_negatives: int = 0) -> _Setup:
   prep = common.prepare(spec, "chronological", seed=seed, cache_dir=cache_dir, protocol=PROTOCOL)
-  if eval_negatives:
-    prep = dataclasses.replace(prep, protocol=prep.protocol.replace(num_negatives=eval_negatives))
+  wanted = eval_negatives or prep.protocol.num_negatives
+  # Capped, with a warning, at what every validation and test query can have (synthetic:tiny).
+  wanted = fit_lib.capped_negatives(prep.valid_queries, prep.num_items, wanted, "validation")
+  wanted = fit_lib.capped_negatives(prep.test_queries, prep.num_items, wanted, "test")
+  if wanted != prep.protocol.num_negatives:
+    prep = dataclasses.replace(prep, protocol=prep.protocol.replace(num_negatives=wanted))
   sp = prep.split
   feats = None if sp.train.item_features is None else jnp.asarray(sp.train.item_features)
   rankings = prep.protocol.rankings(sp.train.item_counts())

@@ -77,6 +77,17 @@ CASES = {
                                ["line 37, column 'timestamp'"]),
     "baselines-unknown-format": ("experiments.evaluate_baselines", ["--dataset=nope:x.csv"],
                                  ["unknown format 'nope'"]),
+    "streaming-steps": ("experiments.streaming", ["--config.strategy.steps=-1"],
+                        ["--config.strategy.steps must be >= 1, got -1"]),
+    "streaming-learning-rate": ("experiments.streaming", ["--config.strategy.learning_rate=0"],
+                                ["--config.strategy.learning_rate must be a number > 0"]),
+    "streaming-model": ("experiments.streaming", ["--config.model=nope"], ["'nope' is not a registered"]),
+    "streaming-blocks": ("experiments.streaming", ["--config.blocks=weekly"], ["'batch:B' or 'periods:N'"]),
+    "streaming-strategy": ("experiments.streaming", ["--config.strategies=('nope',)"],
+                           ["unknown strategies ['nope']"]),
+    "2ts-t-star": ("experiments.two_time_scale", ["--config.tts.t_star=-3"], ["t_star=-3"]),
+    "2ts-variant": ("experiments.two_time_scale", ["--config.variants=('zz',)"], ["unknown variants"]),
+    "2ts-workdir-file": ("experiments.two_time_scale", ["--workdir={file}"], ["is a file"]),
 }
 
 
@@ -86,7 +97,9 @@ def test_bad_input_is_one_error_line(tmp_path, name):
   fill = {"csv": _ratings(tmp_path), "badcsv": _ratings(tmp_path, "bad.csv", bad_line=37),
           "file": str(tmp_path / "a-file"), "tmp": str(tmp_path)}
   (tmp_path / "a-file").write_text("not a directory\n")
-  base = TINY if module == "experiments.train" else ["--dataset=synthetic:tiny", "--num_negatives=20"]
+  base = {"experiments.train": TINY,
+          "experiments.evaluate_baselines": ["--dataset=synthetic:tiny", "--num_negatives=20"]}.get(
+              module, ["--dataset=synthetic:tiny"])
   args = base + [f"--workdir={tmp_path / 'run'}"] + [f.format(**fill) for f in flags]
   _assert_one_line_error(_binary(module, *args), *needles)
 
@@ -232,8 +245,17 @@ def test_other_state_shapes_and_run_configs_are_refused(tmp_path):
     _train(str(tmp_path / "run_config.json"))
 
 
+@pytest.fixture
+def python_sigint_handler():
+  """Python's own Ctrl-C handler, as in a terminal: a process started in the background by a
+  non-interactive shell (some CI runners, ``cmd &``) inherits SIGINT ignored."""
+  old = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
-def test_ctrl_c_stops_at_a_step_and_resumes_bit_identically(tmp_path):
+def test_ctrl_c_stops_at_a_step_and_resumes_bit_identically(tmp_path, python_sigint_handler):
   ref, ref_hist = _train(None)
   fired = []
 
@@ -268,9 +290,12 @@ def test_ctrl_c_in_the_binary_is_one_line(tmp_path):
   args = ["--dataset=synthetic:tiny", f"--workdir={tmp_path}", "--config.fit.epochs=400",
           "--config.fit.patience=1000", "--config.fit.batch_size=32", "--config.fit.progress=False",
           "--config.fit.valid_negatives=10", "--config.eval_negatives=10"]
+  # SIG_DFL in the child, so its Python installs the Ctrl-C handler even when this process inherited
+  # SIGINT ignored (started in the background by a non-interactive shell).
   proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   lines = []
   deadline = time.time() + 90
   for line in proc.stderr:  # wait for training to run

@@ -48,6 +48,7 @@ from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import state as state_lib
+from jaxrec.train.fit import OPTIMIZERS, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,14 @@ class StrategyConfig:
   retrain_epochs: int = 5
   reservoir_size: int = 10_000
   replay_sample: int = 256
+
+  def __post_init__(self):
+    check_fields(self, {
+        "steps": ("int", 1, False), "batch_size": ("int", 1, False), "num_negatives": ("int", 1, False),
+        "optimizer": (OPTIMIZERS, None, False), "learning_rate": ("pos", 0, False),
+        "weight_decay": ("float", 0, False), "clip_norm": ("pos", 0, True),
+        "retrain_epochs": ("int", 1, False),
+        "reservoir_size": ("int", 1, False), "replay_sample": ("int", 0, False)})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
