@@ -135,7 +135,8 @@ def test_fit_all_positions_reduces_loss_and_scores(prepared, model):
   assert len(losses) >= 6 and losses[-1] < 0.8 * losses[0], losses
   protocol = protocols.Sampled(num_negatives=20, seed=1).draw(valid_q, sp.train.num_items)
   res = protocols.evaluate(out.score_fn, out.params, valid_q, protocol, sp.train.num_items, ks=(10,))
-  scores = out.score_fn(out.params, {k: v[:4] for k, v in valid_q.features.items()}, np.arange(7, dtype=np.int32))
+  first4 = {k: v[:4] for k, v in valid_q.features.items()}
+  scores = out.score_fn(out.params, first4, np.arange(7, dtype=np.int32))
   assert scores.shape == (4, 7) and np.isfinite(scores).all()
   # Random scores give NDCG@10 ~0.26 over 21 candidates (ties count against the positive: lower).
   assert res.summary["NDCG@10"] > 0.35, res.summary

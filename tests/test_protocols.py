@@ -336,7 +336,7 @@ def test_growing_known_sets_reuse_compiled_kernels():
   rng = np.random.default_rng(9)
   table = jnp.asarray(rng.normal(size=(9, 37)).astype(np.float32))
   test = InteractionLog.from_arrays(np.arange(9), rng.integers(0, 37, 9), num_users=9, num_items=37)
-  ranks, sizes = [], []
+  sizes = []
   for k in (5, 6, 7, 8):
     train = InteractionLog.from_arrays(np.repeat(np.arange(9), k), rng.integers(0, 37, 9 * k),
                                        num_users=9, num_items=37)

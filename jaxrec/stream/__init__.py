@@ -5,3 +5,7 @@ from jaxrec.stream.blocks import Blocks
 from jaxrec.stream.evaluate import BlockEvaluator
 from jaxrec.stream.loop import StreamConfig, StreamResult, run, weighted_average
 from jaxrec.stream.strategies import STRATEGIES, Env, StrategyConfig, register
+
+__all__ = ["BlockEvaluator", "Blocks", "Env", "STRATEGIES", "StrategyConfig", "StreamConfig",
+           "StreamResult", "blocks", "evaluate", "loop", "register", "run", "strategies",
+           "weighted_average"]

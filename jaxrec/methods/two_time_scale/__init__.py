@@ -43,4 +43,13 @@ from jaxrec.methods.two_time_scale.training import (
 
 # ``tts.rollout`` is the cell rollout of :mod:`.model` (as before the split), not the submodule of the same
 # name (importing the submodule above bound the package attribute to it): rebind it.
-from jaxrec.methods.two_time_scale.model import rollout  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxrec.methods.two_time_scale.model import rollout  # noqa: E402,F811  # pylint: disable=wrong-import-position
+
+__all__ = ["EvalQueries", "EvalSequences", "FeatureNet", "STAGE1_KEYS", "STAGES", "TrainResult",
+           "TwoTimeScaleConfig", "TwoTimeScaleData", "VARIANTS", "bucket_width", "ccf_loss",
+           "cell_step", "eval_query_vectors", "eval_rollout", "group_rollout", "init_params",
+           "item_table", "item_vectors", "length_buckets", "offer_set_loss", "offer_set_scores",
+           "padded_steps", "prepare_eval_sequences", "prepare_training_data", "rollout",
+           "sample_offer_negatives", "single_stage_loss", "stage2_loss", "stage_batches",
+           "stage_learner", "stage_loss_fn", "stage_names", "stage_optimizer", "steps_per_epoch",
+           "table_scores", "train", "trainable_keys", "user_states"]
