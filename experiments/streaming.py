@@ -140,9 +140,12 @@ def run(config: StreamingConfig, dataset: str, *, seed: int = 0, workdir: Option
     learner = d.make(env)
     state = learner.init(params, stream_key)
     wd = os.path.join(workdir, "streams", name) if workdir else None
+    run_config = {"dataset": dataset, "seed": seed, "strategy": name,
+                  "config": {k: v for k, v in configs.to_dict(config).items()
+                             if k not in ("strategies", "checkpoint_every")}}
     res = loop_lib.run(learner, state, data, evaluator, rng=stream_key, workdir=wd,
                        config=loop_lib.StreamConfig(checkpoint_every=config.checkpoint_every,
-                                                    jit=d.jittable))
+                                                    jit=d.jittable), run_config=run_config)
     streams[name] = res.records
     row = {"model": config.model, "strategy": name}
     for proto in ("full", sampled):

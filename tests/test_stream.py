@@ -156,6 +156,23 @@ class LoopTest(parameterized.TestCase):
     learner = d.make(env)
     learner_contract.assert_trees_equal(self, learner.params(resumed.state), learner.params(full.state))
 
+  def test_a_workdir_refuses_a_stream_of_another_config(self):
+    from jaxrec.train import checkpoint as checkpoint_lib
+    env = _env("mf-bpr", kind="batch")
+    d = strategies_lib.get("fine-tune")
+    learner = d.make(env)
+    rng = jax.random.PRNGKey(0)
+    ev = evaluate_lib.BlockEvaluator(registry.get(env.model).score_fn(env.module), env.data,
+                                     num_negatives=20, seed=0)
+    cfg = loop_lib.StreamConfig(max_blocks=1, jit=d.jittable)
+    with tempfile.TemporaryDirectory() as wd:
+      for run_config in ({"lr": 1}, {"lr": 1}):  # a fresh start, then a resume of the same config
+        state = learner.init(strategies_lib.init_params(env, rng), rng)
+        loop_lib.run(learner, state, env.data, ev, rng=rng, workdir=wd, config=cfg, run_config=run_config)
+      state = learner.init(strategies_lib.init_params(env, rng), rng)
+      with self.assertRaisesRegex(checkpoint_lib.ConfigMismatchError, "lr"):
+        loop_lib.run(learner, state, env.data, ev, rng=rng, workdir=wd, config=cfg, run_config={"lr": 2})
+
   @parameterized.parameters("fine-tune", "replay", "retrain")
   def test_compile_count_flat_across_seeds(self, name):
     env = _env("mf-bpr")

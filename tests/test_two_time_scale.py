@@ -318,6 +318,16 @@ def test_a_killed_stage_resumes_from_its_checkpoint_to_the_same_params(tmp_path)
   assert [key(h) for h in resumed.history] == [key(h) for h in reference.history]
 
 
+def test_a_workdir_refuses_a_run_with_another_config(tmp_path):
+  from jaxrec.train import checkpoint as checkpoint_lib
+  cfg, log = _resume_cfg(), _log(SEQS)
+  tts.train(cfg, log, workdir=str(tmp_path))
+  tts.train(cfg, log, workdir=str(tmp_path))  # the same config: a finished run, restored
+  other = dataclasses.replace(cfg, lr_stage1=cfg.lr_stage1 * 2)
+  with pytest.raises(checkpoint_lib.ConfigMismatchError, match=r"lr_stage1"):
+    tts.train(other, log, workdir=str(tmp_path))
+
+
 def test_eval_fn_keeps_the_best_epoch_and_stops_early():
   cfg, log = _resume_cfg(), _log(SEQS)
   scores = {("stage1", 1): 1.0, ("stage1", 2): 0.5, ("stage2", 1): 0.1, ("stage2", 2): 0.9}

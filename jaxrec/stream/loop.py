@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 import jax
@@ -39,6 +39,7 @@ import numpy as np
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.train import checkpoint as checkpoint_lib
 from jaxrec.train import learner as learner_lib
+from jaxrec.train import loop as train_loop
 
 EvalFn = Callable[[Any, int], dict]
 
@@ -78,8 +79,8 @@ def _to_float(tree) -> dict:
 
 
 def run(strategy: learner_lib.Learner, state: Any, data: blocks_lib.Blocks, evaluate_fn: EvalFn, *,
-        rng: jax.Array, workdir: Optional[str] = None, config: StreamConfig = StreamConfig()
-        ) -> StreamResult:
+        rng: jax.Array, workdir: Optional[str] = None, config: StreamConfig = StreamConfig(),
+        run_config: Optional[Mapping[str, Any]] = None) -> StreamResult:
   """Runs (or resumes) the prequential loop; see the module docstring.
 
   Args:
@@ -91,6 +92,9 @@ def run(strategy: learner_lib.Learner, state: Any, data: blocks_lib.Blocks, eval
     rng: base key; block ``t`` updates with ``fold_in(rng, t)``.
     workdir: checkpoint directory root (None: in memory, no resume).
     config: :class:`StreamConfig`.
+    run_config: what this stream is (JSON-able: model, strategy, its settings, dataset, seed): written as
+      ``run_config.json`` into ``workdir`` on a fresh start and compared on resume, as in
+      :func:`jaxrec.train.loop.train` (a workdir of another config raises ``ConfigMismatchError``).
 
   Returns:
     A :class:`StreamResult`.
@@ -104,6 +108,8 @@ def run(strategy: learner_lib.Learner, state: Any, data: blocks_lib.Blocks, eval
   if workdir is not None:
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep_latest=1)
     restored = ckpt.restore_latest(abstract)
+    if run_config is not None:
+      train_loop.check_run_config(workdir, run_config, restored is not None)
     if restored is not None:
       state, meta = restored
       start, records = int(meta["next_block"]), list(meta["records"])

@@ -233,7 +233,7 @@ def _add_timing(workdir: str, fresh: bool, segment: dict) -> None:
                        {"segments": segments, "total_seconds": sum(s["seconds"] for s in segments)})
 
 
-def _check_run_config(workdir: str, run_config: Mapping[str, Any], resuming: bool) -> None:
+def check_run_config(workdir: str, run_config: Mapping[str, Any], resuming: bool) -> None:
   """Writes ``run_config.json`` on a fresh start; on resume raises if it differs from ``run_config``."""
   path = os.path.join(workdir, RUN_CONFIG_FILE)
   wanted = io.to_json_compatible(dict(run_config))
@@ -440,7 +440,7 @@ def train(
           async_save=config.async_checkpointing)
       has_checkpoint = run.ckpt.latest_step() is not None
       if run_config is not None:
-        _check_run_config(workdir, run_config, has_checkpoint)
+        check_run_config(workdir, run_config, has_checkpoint)
       restored = run.ckpt.restore_latest_good(abstract) if has_checkpoint else None
       if restored is not None:
         resume_step, state, meta = restored

@@ -318,8 +318,13 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
         steps_per_epoch=spe, progress=progress)
     # The learner depends on the keys of the params entering the stage: those of `params` (stage 2
     # trains no new keys; every key exists from init).
+    # The workdir remembers the config (and the data's size) it was trained with; a resume with
+    # another one stops with one line (jaxrec.train.loop.check_run_config).
+    run_config = {"tts": dataclasses.asdict(cfg), "num_users": data.num_users,
+                  "num_items": data.num_items, "train_pairs": int(data.pair_user.shape[0])}
     stages.append(stages_lib.Stage(name=name, learner=stage_learner(cfg, params, name),
-                                   batches_fn=batches_fn, config=loop_cfg, eval_fn=stage_eval))
+                                   batches_fn=batches_fn, config=loop_cfg, eval_fn=stage_eval,
+                                   run_config=run_config))
   params, histories = stages_lib.run_stages(stages, params, rng=k_train, workdir=workdir)
   history = []
   for name in stage_names(cfg):
