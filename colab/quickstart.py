@@ -54,7 +54,7 @@ protocol = paper_protocols.get("leave-last-out")
 print(protocol.describe())
 prep = paper_protocols.prepare(log, protocol)
 negatives = min(99, prep.num_items // 4)  # the papers' 99, unless the catalog is tiny
-rankings = suite.freeze_protocols(suite.standard_protocols(num_negatives=negatives), prep.test_queries,
+rankings = suite.freeze_protocols(protocol.replace(num_negatives=negatives).rankings(), prep.test_queries,
                                   prep.num_items)
 popularity = suite.evaluate_all(*nonlearned.popularity(prep.split.train), prep.test_queries,
                                 prep.num_items, rankings)

@@ -60,6 +60,24 @@ def prepare(spec: str, split: str, *, seed: int = 0, cache_dir: Optional[str] = 
                   test_queries=p.test_queries, protocol=proto)
 
 
+def test_rankings(prep: Prepared, which: str = "both", num_negatives: Optional[int] = None):
+  """``(protocol, rankings)``: what a binary reports on ``prep``'s test queries.
+
+  The named protocol's ranking protocols (:meth:`EvalProtocol.rankings`), restricted to ``which``
+  (``"full"``, ``"sampled"``, ``"both"``), with ``num_negatives`` (default: the protocol's) capped, with a
+  warning, at what every test query can have, and the sampled candidates drawn once.
+  """
+  from jaxrec.eval import suite  # pylint: disable=import-outside-toplevel
+  from jaxrec.train import fit  # pylint: disable=import-outside-toplevel
+  wanted = num_negatives or prep.protocol.num_negatives
+  if which != "full":
+    wanted = fit.capped_negatives(prep.test_queries, prep.num_items, wanted, "test")
+  proto = prep.protocol.replace(num_negatives=wanted if which != "full" else None,
+                                full_ranking=which != "sampled")
+  rankings = proto.rankings(prep.split.train.item_counts())
+  return proto, suite.freeze_protocols(rankings, prep.test_queries, prep.num_items)
+
+
 def new_user_mask(prepared: Prepared) -> np.ndarray:
   """bool ``[num_users]``: users without any training interaction."""
   return prepared.split.train.user_counts() == 0
@@ -113,8 +131,17 @@ def quiet_libraries() -> None:
 
 def _run_errors() -> tuple:
   """The one-line errors of training runs (imported only when one propagates)."""
+  from experiments import configs  # pylint: disable=import-outside-toplevel
   from jaxrec.train import checkpoint, fit  # pylint: disable=import-outside-toplevel
-  return (checkpoint.ConfigMismatchError, checkpoint.CheckpointError, fit.ConfigError)
+  return (checkpoint.ConfigMismatchError, checkpoint.CheckpointError, fit.ConfigError, configs.FlagError)
+
+
+def require_registered_model(name: str) -> None:
+  """One ``error:`` line when ``--config.model`` names no registered model."""
+  from jaxrec.models import registry  # pylint: disable=import-outside-toplevel
+  if name not in registry.names():
+    raise SystemExit(f"error: --config.model={name!r} is not a registered model; "
+                     f"registered: {registry.names()}")
 
 
 def friendly_errors(main):

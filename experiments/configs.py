@@ -63,11 +63,21 @@ def _to_twin(cfg: Any) -> Any:
   return twin(**kwargs)
 
 
-def _from_twin(value: Any) -> Any:
+class FlagError(ValueError):
+  """A config field out of range, named by its flag (``--config.fit.epochs must be >= 1, got -1``)."""
+
+
+def _from_twin(value: Any, prefix: str = "config") -> Any:
   cls = getattr(type(value), _TWIN, None)
   if cls is None:
     return value
-  return cls(**{f.name: _from_twin(getattr(value, f.name)) for f in dataclasses.fields(value)})
+  kwargs = {f.name: _from_twin(getattr(value, f.name), f"{prefix}.{f.name}")
+            for f in dataclasses.fields(value)}
+  from jaxrec.train import fit  # pylint: disable=import-outside-toplevel
+  try:
+    return cls(**kwargs)
+  except fit.ConfigError as e:  # the field's own check (``__post_init__``), named by its flag here
+    raise FlagError(f"--{prefix}.{e.field} {e.requirement}") from None
 
 
 def define(default: Any, name: str = "config", help_string: str = "The binary's configuration."):
@@ -77,7 +87,12 @@ def define(default: Any, name: str = "config", help_string: str = "The binary's 
 
 
 def value(holder) -> Any:
-  """The parsed config as an instance of the original (frozen) class."""
+  """The parsed config as an instance of the original (frozen) class.
+
+  Raises:
+    FlagError: a field's check failed; the message names the flag (``--config.strategy.steps``) at
+      whatever depth the field sits.
+  """
   return _from_twin(holder.value)
 
 

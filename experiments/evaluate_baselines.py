@@ -20,19 +20,13 @@ from experiments import common
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
 from jaxrec.eval import suite
 from jaxrec.models import nonlearned
-from jaxrec.train import fit as fit_lib
 
 
 def run(dataset: str, split: str, protocol: str = "both", num_negatives: int = 99, seed: int = 0,
         cache_dir=None) -> dict:
   """Evaluates Popularity and Random; returns the results dict."""
   prep = common.prepare(dataset, split, seed=seed, cache_dir=cache_dir)
-  # Capped, with a warning, at what every test query can have (synthetic:tiny has 100 items).
-  num_negatives = fit_lib.capped_negatives(prep.test_queries, prep.num_items, num_negatives, "test")
-  proto = prep.protocol.replace(num_negatives=num_negatives if protocol != "full" else None,
-                                full_ranking=protocol != "sampled")
-  protocols = proto.rankings(prep.split.train.item_counts())
-  protocols = suite.freeze_protocols(protocols, prep.test_queries, prep.num_items)
+  proto, protocols = common.test_rankings(prep, protocol, num_negatives)
   train_counts = prep.split.train.user_counts()
   results = {"dataset": dataset, "split": split, "protocol": proto.describe(),
              "stats": common.stats_row(prep), "models": {}}

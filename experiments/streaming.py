@@ -26,14 +26,13 @@ import os
 import time
 from typing import Optional
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
-import numpy as np
 
 from experiments import common, configs, plots
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
 from jaxrec.data import datasets
-from jaxrec.data.log import DataError
+from jaxrec.eval.queries import Queries
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import evaluate as evaluate_lib
@@ -91,22 +90,11 @@ def _truncate(data: blocks_lib.Blocks, n: int) -> blocks_lib.Blocks:
 
 def _capped_negatives(log, wanted: int, exclude_known: bool) -> int:
   """``wanted``, or (with a warning) the most that every block's queries can have: a user's known items
-  are at most all its distinct items of the whole log (synthetic:tiny has 100 items)."""
+  are at most its distinct items of the whole log (synthetic:tiny has 100 items)."""
   if not wanted:
     return wanted
-  known = 0
-  if exclude_known:
-    pairs = np.unique(log.user.astype(np.int64) * log.num_items + log.item)
-    known = int(np.bincount(pairs // log.num_items, minlength=log.num_users).max(initial=0))
-  avail = log.num_items - 1 - known
-  if wanted <= avail:
-    return wanted
-  if avail < 1:
-    raise DataError(f"streaming: a user knows all {log.num_items} items; no sampled negatives to draw "
-                    f"(use --config.eval_negatives=0 for full ranking only)")
-  logging.warning("streaming: %d sampled negatives capped to %d (a user knows %d of %d items)", wanted,
-                  avail, known, log.num_items)
-  return avail
+  everything = Queries.from_log(log, [log] if exclude_known else [])
+  return fit_lib.capped_negatives(everything, log.num_items, wanted, "streaming")
 
 
 def run(config: StreamingConfig, dataset: str, *, seed: int = 0, workdir: Optional[str] = None,
@@ -231,14 +219,8 @@ EXPERIMENT = Experiment(name="streaming", title="Streams: fine-tune vs retrain v
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  try:
-    cfg = configs.value(_CONFIG)
-  except fit_lib.ConfigError as e:
-    where = "config.strategy" if e.owner == "StrategyConfig" else "config"
-    raise SystemExit(f"error: --{where}.{e.field} {e.requirement}") from None
-  if cfg.model not in registry.names():
-    raise SystemExit(f"error: --config.model={cfg.model!r} is not a registered model; "
-                     f"registered: {registry.names()}")
+  cfg = configs.value(_CONFIG)
+  common.require_registered_model(cfg.model)
   workdir = FLAGS.workdir or f"runs/streaming/{cfg.model}"
   os.makedirs(workdir, exist_ok=True)
   try:

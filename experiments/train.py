@@ -44,16 +44,11 @@ def run(model: str, dataset: str, split: str = "leave_last_out", *, config: fit_
   valid_q = dataclasses.replace(prep.valid_queries, features=fit_lib.query_features(spec, logs, 1, hist))
   test_q = dataclasses.replace(prep.test_queries, features=fit_lib.query_features(spec, logs, 2, hist))
   ckpt = os.path.join(workdir, "checkpoints_root") if workdir else None
-  proto = getattr(prep, "protocol", None)
-  run_config = {"dataset": dataset, "split": split,
-                "protocol": getattr(proto, "name", None)}
+  run_config = {"dataset": dataset, "split": split, "protocol": prep.protocol.name}
   fitted = fit_lib.fit(model, sp.train, valid_q, config, seed=seed, hparams=hparams, workdir=ckpt,
                        run_config=run_config)
-  negatives = fit_lib.capped_negatives(test_q, prep.num_items, eval_negatives, "test")
-  protocols = suite.standard_protocols(num_negatives=negatives, seed=seed)
-  if protocol != "both":
-    protocols = {k: v for k, v in protocols.items() if (k == "full") == (protocol == "full")}
-  protocols = suite.freeze_protocols(protocols, test_q, prep.num_items)
+  proto, protocols = common.test_rankings(prep, protocol, eval_negatives)
+  negatives = proto.num_negatives
   test = suite.evaluate_all(fitted.score_fn, fitted.params, test_q, prep.num_items, protocols,
                             train_counts=sp.train.user_counts())
   evals = [r for r in fitted.history if any(k.startswith("valid/") for k in r)]
@@ -115,8 +110,7 @@ def _experiment(ctx: RunContext) -> ExperimentResult:
   rows, out, figures = [], {}, []
   for spec in ctx.datasets:
     prep = common.prepare(spec, "leave_last_out", seed=ctx.seed, cache_dir=ctx.cache_dir)
-    protocols = suite.freeze_protocols(suite.standard_protocols(seed=ctx.seed), prep.test_queries,
-                                       prep.num_items)
+    _, protocols = common.test_rankings(prep)
     pop = suite.evaluate_all(*nonlearned.popularity(prep.split.train), prep.test_queries, prep.num_items,
                              protocols, train_counts=prep.split.train.user_counts())
     runs = {}
@@ -181,23 +175,13 @@ def command_for(dataset: str, split: str, seed: int, config: TrainConfig, workdi
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  try:
-    cfg = configs.value(_CONFIG)
-  except fit_lib.ConfigError as e:
-    where = "config.fit" if e.owner == "FitConfig" else "config"
-    raise SystemExit(f"error: --{where}.{e.field} {e.requirement}") from None
-  if cfg.model not in registry.names():
-    raise SystemExit(f"error: --config.model={cfg.model!r} is not a registered model; "
-                     f"registered: {registry.names()}")
-  if cfg.protocol not in ("full", "sampled", "both"):
-    raise SystemExit(f"error: --config.protocol must be full, sampled or both, got {cfg.protocol!r}")
+  cfg = configs.value(_CONFIG)
+  common.require_registered_model(cfg.model)
   try:
     hparams = json.loads(cfg.hparams)
   except json.JSONDecodeError as e:
     raise SystemExit(f"error: --config.hparams is not a JSON dict: {e}") from None
   workdir = FLAGS.workdir or f"runs/train/{cfg.model}"
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SystemExit(f"error: --workdir={workdir} is a file, not a directory")
   if not isinstance(hparams, dict):
     raise SystemExit(f"error: --config.hparams is not a JSON dict: {cfg.hparams!r}")
   described = datasets.describe(FLAGS.dataset)

@@ -16,15 +16,6 @@ from jaxrec.eval.metrics import DEFAULT_KS
 from jaxrec.eval.queries import Queries
 
 
-def standard_protocols(num_negatives: int = 99, seed: int = 0,
-                       chunk_size: int = 2048) -> dict[str, protocols_lib.Protocol]:
-  """``{"full": FullRanking, "sampled<N>": Sampled(N)}``: the pair every table reports."""
-  return {
-      "full": protocols_lib.FullRanking(chunk_size=chunk_size),
-      f"sampled{num_negatives}": protocols_lib.Sampled(num_negatives=num_negatives, seed=seed),
-  }
-
-
 def freeze_protocols(protocols: Mapping[str, protocols_lib.Protocol], queries: Queries,
                      num_items: int) -> dict[str, protocols_lib.Protocol]:
   """Draws sampled candidates once so every model (and every epoch) ranks the same candidates."""
@@ -44,7 +35,7 @@ def evaluate_all(score_fn, params, queries: Queries, num_items: int,
     params: the parameters it scores with.
     queries: evaluation queries.
     num_items: size of the item index space.
-    protocols: ``{name: protocol}`` (see :func:`standard_protocols`, :func:`freeze_protocols`).
+    protocols: ``{name: protocol}`` (e.g. ``paper_protocols.get(name).rankings()``, then :func:`freeze_protocols`).
     train_counts: training interactions per user; enables activity-bucket and head/tail breakdowns.
     new_users: bool ``[num_users]`` mask of users unseen in training; enables existing/new breakdown.
     activity_edges: bucket edges for the activity breakdown (default: quantile-free fixed edges).
