@@ -8,6 +8,8 @@ Every split keeps the index space of its input (``num_users``, ``num_items``,
   Sec. 2: retraining on ``D_t`` is judged on ``D_{t+1}``).
 * :func:`leave_last_out`: per user, last -> test, second to last -> validation (TP paper 001).
 * :func:`user_holdout`: existing vs new users (TP paper 001: 80/20).
+* :func:`user_holdout_last`: TP's whole protocol: item then user filters, 80/20 existing/new users,
+  each user's last item the test row, new users' earlier rows their input only.
 * :func:`context_holdout`: disjoint validation/test users whose first half is context
   and second half ground truth (tree paper 004, Appendix "experimental settings").
 * :func:`prequential`: time-ordered offline prefix then a stream of fixed-size
@@ -244,6 +246,52 @@ def user_holdout(log: InteractionLog, new_fraction: float = 0.2, valid_fraction:
                protocol="user_holdout", info=info)
 
 
+def user_holdout_last(log: InteractionLog, new_fraction: float = 0.2, valid_item: bool = True,
+                      min_item_count: int = 0, min_user_count: int = 0, seed: int = 0,
+                      deduplicate: bool = True, tie_order: str = "arrival", tie_seed: int = 0) -> Split:
+  """TP's full protocol (paper 001, Sec. 4.1): filters, existing vs new users, last item as the test.
+
+  Items with fewer than ``min_item_count`` rows are removed, then users with fewer than
+  ``min_user_count`` rows (one pass each, in that order, as the paper describes; not iterated to a
+  k-core, so an item may fall below the threshold after the user filter). The remaining users are
+  permuted with ``np.random.default_rng(seed)`` and the first ``round(new_fraction * U)`` are new.
+  Every user's most recent row is a test row. Existing users: with ``valid_item`` their second most
+  recent row is a validation row (a departure from the paper, which selects no epoch; without it
+  the rest is trained on exactly as in the paper), the rest is train. New users are never trained
+  on: their earlier rows are ``info["test_context"]`` (an :class:`InteractionLog`), the input of
+  their test query and its known items. ``info`` also holds ``new_users`` and ``existing_users``
+  (sorted int arrays). Time order, ties and ``deduplicate`` as in :func:`leave_last_out`.
+  """
+  _check_nonempty(log, "user_holdout_last")
+  log, dropped = _maybe_deduplicate(log, deduplicate)
+  if not 0 <= new_fraction < 1:
+    raise ValueError(f"user_holdout_last: need 0 <= new_fraction < 1, got {new_fraction}")
+  before = len(log)
+  if min_item_count > 0:
+    log = preprocess.k_core(log, item_k=min_item_count, max_rounds=1)
+  if min_user_count > 0:
+    log = preprocess.k_core(log, user_k=min_user_count, max_rounds=1)
+  present = np.flatnonzero(log.user_counts())
+  perm = np.random.default_rng(seed).permutation(present)
+  n_new = int(round(new_fraction * present.size))
+  new, existing = np.sort(perm[:n_new]), np.sort(perm[n_new:])
+  is_new = np.zeros(log.num_users, bool)
+  is_new[new] = True
+  up = _positions(log, tie_order, tie_seed)
+  order, from_end = up.order, up.from_end
+  newrow = is_new[up.user]
+  test = from_end == 0
+  valid = ~newrow & (from_end == 1) & valid_item
+  context = newrow & ~test
+  train = ~(test | valid | context)
+  info = {"new_users": new, "existing_users": existing, "seed": seed,
+          "test_context": log.take(order[context]), "filtered_rows": before - len(log),
+          "min_item_count": min_item_count, "min_user_count": min_user_count,
+          "deduplicated": deduplicate, "duplicates_dropped": dropped, "tie_order": tie_order}
+  return Split(log.take(order[train]), log.take(order[valid]), log.take(order[test]),
+               protocol="user_holdout_last", info=info)
+
+
 def context_holdout(log: InteractionLog, valid_fraction: float = 0.1, test_fraction: float = 0.1,
                     min_interactions: int = 16, seed: int = 0, deduplicate: bool = True,
                     tie_order: str = "arrival", tie_seed: int = 0) -> Split:
@@ -364,6 +412,7 @@ SPLITS = {
     "chronological": chronological,
     "leave_last_out": leave_last_out,
     "user_holdout": user_holdout,
+    "user_holdout_last": user_holdout_last,
     "context_holdout": context_holdout,
 }
 

@@ -11,7 +11,14 @@ evaluate with. Each paper's protocol is written down once, in :data:`PROTOCOLS`:
   dropped (earliest kept), per user the last interaction is the test item and the second to last
   the validation item (:func:`jaxrec.data.splits.leave_last_out`), the user's known items are
   excluded, 99 uniform sampled negatives and full ranking.
-* ``"user-holdout"``: TP (paper 001, Sec. 4.1) existing/new users, 80% / 20%.
+* ``"user-holdout"``: TP (paper 001, Sec. 4.1) existing/new users, 80% / 20% (every row of a new
+  user a query; no filters).
+* ``"tp-user-holdout"``: TP's whole protocol (paper 001, Sec. 4.1): items with < 5 then users with
+  < 10 interactions removed, 80% existing / 20% new users, each user's most recent item the test
+  item (a new user's earlier items are the query's input and known items, never trained on), the
+  existing users' second most recent item the validation item, known items excluded, HR/NDCG
+  under full ranking and 100 uniform sampled negatives
+  (:func:`jaxrec.data.splits.user_holdout_last`).
 * ``"context-holdout"``: the tree two-stage paper (004, Appendix D.2): 10% validation and 10% test
   users whose first half is context and second half ground truth.
 * ``"2ts-chronological"``: 2TS (paper 000, Sec. 5): interactions sorted by time, first 70% train,
@@ -212,9 +219,12 @@ def prepare(log: InteractionLog, protocol: Union[str, EvalProtocol]) -> Prepared
     log = preprocess.deduplicate(log, keep="first")
   sp = protocol.replace(deduplicate=False).split_log(log)
   known = protocol.exclude == "known"
+  # A split may give test-time input that is never trained on (new users' earlier rows).
+  context = [sp.info["test_context"]] if "test_context" in sp.info else []
   return PreparedData(protocol=protocol, log=log, split=sp,
                       valid_queries=Queries.from_log(sp.valid, [sp.train] if known else []),
-                      test_queries=Queries.from_log(sp.test, [sp.train, sp.valid] if known else []))
+                      test_queries=Queries.from_log(sp.test, [sp.train, sp.valid] + context
+                                                    if known else []))
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {p.name: p for p in (
@@ -224,6 +234,11 @@ PROTOCOLS: dict[str, EvalProtocol] = {p.name: p for p in (
     EvalProtocol("user-holdout", "user_holdout", {"new_fraction": 0.2}, deduplicate=True,
                  exclude="known", num_negatives=99,
                  reference="TP (paper 001, Sec. 4.1: 80% existing users, 20% new users)"),
+    EvalProtocol("tp-user-holdout", "user_holdout_last",
+                 {"new_fraction": 0.2, "valid_item": True, "min_item_count": 5, "min_user_count": 10},
+                 deduplicate=True, exclude="known", num_negatives=100,
+                 reference="TP (paper 001, Sec. 4.1: items < 5 then users < 10 removed, 80% existing / "
+                 "20% new users, the most recent item evaluated; HR@10, NDCG@10)"),
     EvalProtocol("context-holdout", "context_holdout",
                  {"valid_fraction": 0.1, "test_fraction": 0.1, "min_interactions": 16},
                  deduplicate=True, exclude="known", num_negatives=None,
@@ -243,6 +258,7 @@ PROTOCOLS: dict[str, EvalProtocol] = {p.name: p for p in (
 
 # The named protocol behind each ``--split`` of the experiment binaries (``experiments.common``).
 FOR_SPLIT = {"leave_last_out": "leave-last-out", "user_holdout": "user-holdout",
+             "user_holdout_last": "tp-user-holdout",
              "context_holdout": "context-holdout", "chronological": "chronological",
              "prequential": "prequential"}
 
