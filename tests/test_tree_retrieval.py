@@ -62,6 +62,124 @@ def test_balanced_kmeans_groups_clusters():
   assert sorted(l2i[l2i >= 0].tolist()) == list(range(32))
 
 
+def loop_build_balanced_kmeans(item_emb, branching, seed=0, iters=10):
+  """The recursive build the vectorised one replaced (a Python loop over N x B pairs): the reference."""
+  item_emb = np.asarray(item_emb, np.float64)
+  n = item_emb.shape[0]
+  height = tree_lib.height_for(n, branching)
+  rng = np.random.default_rng(seed)
+  leaves = np.full(branching**height, -1, np.int64)
+
+  def assign_greedy(z, centers, sizes):
+    dist = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+    assign = np.full(z.shape[0], -1, np.int64)
+    left = sizes.copy()
+    for flat in np.argsort(dist, axis=None, kind="stable"):
+      i, c = divmod(int(flat), centers.shape[0])
+      if assign[i] < 0 and left[c] > 0:
+        assign[i] = c
+        left[c] -= 1
+    return assign
+
+  def split(items, first_leaf, h):
+    if h == 0:
+      leaves[first_leaf] = items[0]
+      return
+    k = len(items)
+    sizes = np.full(branching, k // branching) + (np.arange(branching) < k % branching)
+    z = item_emb[items]
+    if k <= branching:
+      assign = np.arange(k)
+    else:
+      centers = z[rng.choice(k, branching, replace=False)]
+      for _ in range(iters):
+        assign = assign_greedy(z, centers, sizes)
+        centers = np.stack([z[assign == c].mean(0) for c in range(branching)])
+      assign = assign_greedy(z, centers, sizes)
+    span = branching ** (h - 1)
+    for c in range(branching):
+      if (assign == c).any():
+        split(items[assign == c], first_leaf + c * span, h - 1)
+
+  split(np.arange(n), 0, height)
+  return tree_lib.from_leaf_items(leaves, n, branching)
+
+
+def _subtree_sizes(t):
+  held = (np.asarray(t.leaf_to_item) >= 0).astype(np.int64)
+  out = [held]
+  for _ in range(t.height):
+    out.append(out[-1].reshape(-1, t.branching).sum(1))
+  return out[::-1]
+
+
+def _max_imbalance(t):
+  """Largest spread of children's item counts over the internal nodes holding items."""
+  sizes = _subtree_sizes(t)
+  worst = 0
+  for level in range(t.height):
+    kids = sizes[level + 1].reshape(-1, t.branching)
+    used = sizes[level] > 0
+    worst = max(worst, int((kids[used].max(1) - kids[used].min(1)).max()))
+  return worst
+
+
+def _kmeans_cost(t, emb, level):
+  """Sum over the nodes of `level` of the squared distances of their items to the node's mean."""
+  groups = np.asarray(t.leaf_to_item).reshape(t.branching**level, -1)
+  return sum(float(((emb[g[g >= 0]] - emb[g[g >= 0]].mean(0)) ** 2).sum()) for g in groups if (g >= 0).any())
+
+
+def _clustered(rng, n, d, k):
+  centres = 4.0 * rng.normal(size=(k, d)) / np.sqrt(d)
+  emb = centres[rng.integers(k, size=n)] + rng.normal(size=(n, d))
+  emb[: n // 10] = emb[n // 10: 2 * (n // 10)]  # exact duplicates (ties)
+  return emb
+
+
+@pytest.mark.parametrize("b,n", [(2, 200), (3, 100), (4, 77), (8, 300), (5, 26)])
+def test_vectorised_build_balanced_deterministic_and_no_worse_than_loop(b, n):
+  rng = np.random.default_rng(b * 1000 + n)
+  emb = _clustered(rng, n, 6, 7)
+  t = tree_lib.build_balanced_kmeans(emb, b, seed=3)
+  ref = loop_build_balanced_kmeans(emb, b, seed=3)
+  assert _max_imbalance(t) <= 1 and _max_imbalance(t) <= _max_imbalance(ref)
+  again = tree_lib.build_balanced_kmeans(emb, b, seed=3)
+  np.testing.assert_array_equal(np.asarray(again.leaf_to_item), np.asarray(t.leaf_to_item))
+  l2i = np.asarray(t.leaf_to_item)
+  assert sorted(l2i[l2i >= 0].tolist()) == list(range(n))
+  # Clustering quality of the first split: within 5% of the loop's greedy assignment (or better).
+  assert _kmeans_cost(t, emb, 1) <= 1.05 * _kmeans_cost(ref, emb, 1)
+
+
+def test_balanced_assign_is_exact_and_optimal_for_two_centres():
+  rng = np.random.default_rng(11)
+  g, s = 5, 9
+  dist = rng.normal(size=(g, s, 2))
+  mask = np.ones((g, s), bool)
+  mask[2, 7:] = False
+  counts = mask.sum(1)
+  sizes = np.stack([counts - counts // 2, counts // 2], 1)
+  a = tree_lib._balanced_assign(dist, mask, sizes)
+  for gi in range(g):
+    got = a[gi][mask[gi]]
+    np.testing.assert_array_equal(np.bincount(got, minlength=2), sizes[gi])
+    # Optimum for B = 2: the sizes[0] points with the smallest d0 - d1 go to centre 0.
+    diff = dist[gi, mask[gi], 0] - dist[gi, mask[gi], 1]
+    best = np.sort(diff)[: sizes[gi, 0]].sum() + dist[gi, mask[gi], 1].sum()
+    cost = np.where(got == 0, dist[gi, mask[gi], 0], dist[gi, mask[gi], 1]).sum()
+    np.testing.assert_allclose(cost, best, rtol=1e-12)
+  assert np.all(a[~mask] == -1)
+
+
+def test_build_small_and_degenerate_inputs():
+  for n, b in [(1, 2), (2, 2), (3, 4), (17, 16), (33, 32)]:
+    emb = np.zeros((n, 3))  # every item identical: ties everywhere
+    t = tree_lib.build_balanced_kmeans(emb, b)
+    l2i = np.asarray(t.leaf_to_item)
+    assert sorted(l2i[l2i >= 0].tolist()) == list(range(n)) and _max_imbalance(t) <= 1
+
+
 def test_node_vectors_from_items_is_mean():
   rng = np.random.default_rng(2)
   emb = rng.normal(size=(5, 3)).astype(np.float32)

@@ -163,18 +163,93 @@ def from_item_order(order: np.ndarray, branching: int) -> TreeIndex:
   return from_leaf_items(leaves, n, branching)
 
 
-def _balanced_assign(z: np.ndarray, centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-  """Assigns rows of z to centers with exactly sizes[c] rows each, greedily by squared distance."""
-  dist = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-  order = np.argsort(dist, axis=None, kind="stable")
-  assign = np.full(z.shape[0], -1, np.int64)
-  left = sizes.copy()
-  for flat in order:
-    i, c = divmod(int(flat), centers.shape[0])
-    if assign[i] < 0 and left[c] > 0:
-      assign[i] = c
-      left[c] -= 1
+def _balanced_assign(dist: np.ndarray, mask: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+  """Capacity-constrained assignment of every group's points to its B centres, over arrays.
+
+  Args:
+    dist: float [G, S, B] cost of point s of group g at centre b (padding slots ignored).
+    mask: bool [G, S] real points.
+    sizes: int [G, B] how many points each centre takes (sum over b = the group's point count).
+
+  Returns:
+    int64 [G, S]: the centre of each point (-1 in padding slots); centre b of group g gets exactly
+    sizes[g, b] points.
+
+  Rounds of proposals (deferred acceptance without re-opening): every unassigned point proposes to
+  its cheapest centre that still has room; each centre accepts its most deserving proposers up to its
+  room, by the regret key ``cost(best) - cost(second best open centre)`` (for B = 2 this is the
+  exact optimum: the points sorted by d_0 - d_1 and cut at the capacity). A rejected point's centre is
+  full after the round, so every round closes at least one centre of every group that still has
+  points to place: at most B rounds, each one sort of the open proposals (no loop over points). Ties
+  go to the earlier slot.
+  """
+  g_num, _, b = dist.shape
+  assign = np.full(mask.shape, -1, np.int64)
+  room = sizes.astype(np.int64).copy()
+  todo = mask.copy()
+  while todo.any():
+    gi, si = np.nonzero(todo)
+    cost = np.where(room[gi] > 0, dist[gi, si], np.inf)  # [P, B]
+    best = np.argmin(cost, axis=1)
+    d_best = cost[np.arange(gi.size), best]
+    cost[np.arange(gi.size), best] = np.inf
+    regret = d_best - cost.min(axis=1)  # -inf when only one centre is open
+    o = np.lexsort((regret, best, gi))
+    key = gi[o] * b + best[o]
+    first = np.ones(key.size, bool)
+    first[1:] = key[1:] != key[:-1]
+    run_start = np.maximum.accumulate(np.where(first, np.arange(key.size), 0))
+    ok = (np.arange(key.size) - run_start) < room.reshape(-1)[key]
+    assign[gi[o][ok], si[o][ok]] = best[o][ok]
+    todo[gi[o][ok], si[o][ok]] = False
+    room -= np.bincount(key[ok], minlength=g_num * b).reshape(g_num, b)
   return assign
+
+
+def _centre_costs(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
+  """||c||^2 - 2 <z, c> per (group, slot, centre): the squared distance less ||z||^2 (same argmin and
+  the same regret differences)."""
+  return (centers**2).sum(-1)[:, None, :] - 2.0 * np.einsum("gsd,gbd->gsb", z, centers)
+
+
+def _split_level(z: np.ndarray, pos: np.ndarray, branching: int, rng: np.random.Generator,
+                 iters: int) -> np.ndarray:
+  """The child (0..B-1) of every item when every node of one level is split at once.
+
+  Items are laid out as [G, S] (G non-empty nodes of the level, S the largest node; sizes differ by
+  at most one in a balanced tree, so the padding is small). A node of k <= B items gives them children
+  0..k-1 in item order; a larger node runs capacity-constrained Lloyd iterations with child sizes
+  k // B + (c < k % B), all nodes together (batched distances, one-hot sums for the centres).
+  """
+  b = branching
+  n = pos.shape[0]
+  order = np.argsort(pos, kind="stable")
+  _, counts = np.unique(pos[order], return_counts=True)
+  g_num, s_max = counts.size, int(counts.max())
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  group = np.repeat(np.arange(g_num), counts)
+  slot = np.arange(n) - starts[group]
+  child = np.empty(n, np.int64)
+  child[order] = slot  # nodes of <= B items: one child each, in item order
+  big = np.flatnonzero(counts > b)
+  if big.size:
+    layout = np.full((g_num, s_max), -1, np.int64)
+    layout[group, slot] = order
+    layout = layout[big]
+    mask = layout >= 0
+    zb = np.where(mask[..., None], z[np.maximum(layout, 0)], 0.0)
+    k = counts[big]
+    sizes = k[:, None] // b + (np.arange(b)[None, :] < (k % b)[:, None])
+    keys = np.where(mask, rng.random(mask.shape), np.inf)
+    init = np.argsort(keys, axis=1, kind="stable")[:, :b]  # B distinct random items per node
+    centers = np.take_along_axis(zb, init[..., None], axis=1)
+    for _ in range(iters):
+      a = _balanced_assign(_centre_costs(zb, centers), mask, sizes)
+      onehot = (a[..., None] == np.arange(b)).astype(zb.dtype)
+      centers = np.einsum("gsb,gsd->gbd", onehot, zb) / sizes[..., None]
+    a = _balanced_assign(_centre_costs(zb, centers), mask, sizes)
+    child[layout[mask]] = a[mask]
+  return child
 
 
 def build_balanced_kmeans(item_emb: np.ndarray, branching: int, seed: int = 0,
@@ -182,8 +257,18 @@ def build_balanced_kmeans(item_emb: np.ndarray, branching: int, seed: int = 0,
   """Tree from recursive balanced k-means of item embeddings (paper Sec. 3.2.1; RecForest).
 
   At each node the items are split into B clusters whose sizes differ by at most one (capacity
-  constrained Lloyd iterations, greedy balanced assignment), recursively down to single items. The
-  padding leaves are spread across the tree; `node_valid` masks the empty subtrees.
+  constrained Lloyd iterations, `_balanced_assign`), recursively down to single items; child c of a
+  node holds its c-th cluster. The recursion runs level by level, every node of a level at once over
+  arrays (no Python loop over items or nodes): H levels, each `iters` + 1 assignments of at most B
+  sorting rounds. Cluster sizes at every level differ by at most one, so a node of k items fits its
+  subtree (ceil(k / B) <= B^(h-1)); the B^H - N padding leaves are spread across the tree and
+  `node_valid` masks the empty subtrees.
+
+  Departure from the recursive loop it replaces: centres are initialised from one random draw per
+  level (B distinct items of each node), and the assignment is by proposal rounds with a regret key
+  rather than the flat greedy over all (item, centre) pairs sorted by distance; both give exactly
+  balanced clusters (tested), the clustering cost is no worse on clustered data (tested against the
+  loop), and the build is a function of (embeddings, B, seed, iters) only.
 
   Args:
     item_emb: float [N, d] item representations.
@@ -194,33 +279,17 @@ def build_balanced_kmeans(item_emb: np.ndarray, branching: int, seed: int = 0,
   Returns:
     The `TreeIndex`.
   """
-  item_emb = np.asarray(item_emb, np.float64)
-  n = item_emb.shape[0]
+  z = np.asarray(item_emb, np.float64)
+  if z.ndim != 2:
+    raise ValueError(f"item_emb must be [N, d], got shape {z.shape}")
+  n = z.shape[0]
   height = height_for(n, branching)
   rng = np.random.default_rng(seed)
+  pos = np.zeros(n, np.int64)
+  for _ in range(height):
+    pos = pos * branching + _split_level(z, pos, branching, rng, iters)
   leaves = np.full(branching**height, -1, np.int64)
-
-  def split(items: np.ndarray, first_leaf: int, h: int) -> None:
-    if h == 0:
-      leaves[first_leaf] = items[0]
-      return
-    k = len(items)
-    sizes = np.full(branching, k // branching) + (np.arange(branching) < k % branching)
-    z = item_emb[items]
-    if k <= branching:
-      assign = np.arange(k)
-    else:
-      centers = z[rng.choice(k, branching, replace=False)]
-      for _ in range(iters):
-        assign = _balanced_assign(z, centers, sizes)
-        centers = np.stack([z[assign == c].mean(0) for c in range(branching)])
-      assign = _balanced_assign(z, centers, sizes)
-    span = branching ** (h - 1)
-    for c in range(branching):
-      if (assign == c).any():
-        split(items[assign == c], first_leaf + c * span, h - 1)
-
-  split(np.arange(n), 0, height)
+  leaves[pos] = np.arange(n)
   return from_leaf_items(leaves, n, branching)
 
 
