@@ -138,12 +138,14 @@ def from_prequential(log: InteractionLog, batch_size: int = 256, offline: float 
 
 
 def from_periods(log: InteractionLog, num_periods: int, pretrain_periods: int, *,
-                 history_len: Optional[int] = None, pad_multiple: int = 256) -> Blocks:
-  """SML-style blocks: ``num_periods`` equal-count periods, the first ``pretrain_periods`` offline."""
+                 history_len: Optional[int] = None, pad_multiple: int = 256, mode: str = "count") -> Blocks:
+  """SML-style blocks: ``num_periods`` periods (``mode`` of :func:`jaxrec.data.splits.periods`: equal
+  counts, or equal time spans with ``"calendar"``, empty ones dropped), the first ``pretrain_periods``
+  offline."""
   if not 1 <= pretrain_periods < num_periods:
     raise ValueError(f"from_periods: need 1 <= pretrain_periods < num_periods, got "
                      f"{pretrain_periods}, {num_periods}")
-  parts = splits.periods(log, num_periods)
+  parts = splits.periods(log, num_periods, mode=mode)
   bounds = np.cumsum([0] + [len(p) for p in parts])
   ordered = concat_logs(parts)
   return _make(ordered, bounds[pretrain_periods], bounds[pretrain_periods:-1],
