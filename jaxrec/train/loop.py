@@ -115,6 +115,9 @@ class LoopConfig:
       the final state is returned).
     mode: "max" or "min" for `metric`.
     patience: stop after this many evaluations without a strict improvement (None: never).
+    time_limit: stop at the first evaluation after this many seconds of this `train` call (a wall-time
+      cap for "train to convergence" comparisons; None: never). Time-dependent, so a run stopped by it
+      is not bit-reproducible; its last eval record says `"stopped": "time_limit"`.
     checkpoint_every: steps between periodic checkpoints, in addition to those listed above.
     keep_latest: latest checkpoints kept on disk besides the best one (>= 1; two, so that a damaged
       newest one has a fallback).
@@ -132,6 +135,7 @@ class LoopConfig:
   metric: Optional[str] = None
   mode: str = "max"
   patience: Optional[int] = None
+  time_limit: Optional[float] = None
   checkpoint_every: Optional[int] = None
   keep_latest: int = 2
   progress: bool = True
@@ -280,6 +284,7 @@ class _Run:
     self.pending_metric: Optional[float] = None
     self.last_log_time = time.perf_counter()
     self.last_log_step = 0
+    self.t0 = time.perf_counter()  # reset by `train` when the run starts (LoopConfig.time_limit)
     self.stop_requested = False  # set by the SIGINT handler; the loop stops at the next step boundary
 
   def record(self, rec: Dict[str, Any]) -> None:
@@ -350,12 +355,23 @@ class _Run:
       self.pending_metric = value
     pos.last_eval_step = pos.step
     epoch = _epoch_of_last_step(pos)
-    self.record({"kind": "eval", "step": pos.step, "epoch": epoch, **metrics, "best": improved})
+    stop = None
+    if cfg.patience is not None and pos.bad_evals >= cfg.patience:
+      stop = "patience"
+    elif cfg.time_limit is not None and time.perf_counter() - self.t0 >= cfg.time_limit:
+      stop = "time_limit"
+    record = {"kind": "eval", "step": pos.step, "epoch": epoch, **metrics, "best": improved}
+    if stop:
+      record["stopped"] = stop
+    self.record(record)
     logging.info("eval at step %d (epoch %d): %s%s", pos.step, epoch,
                  ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()), " (best)" if improved else "")
-    if cfg.patience is not None and pos.bad_evals >= cfg.patience:
+    if stop == "patience":
       logging.info("Early stopping at step %d: no improvement of %s in %d evaluations (best %s at step %s).",
                    pos.step, cfg.metric, pos.bad_evals, pos.best_value, pos.best_step)
+    elif stop == "time_limit":
+      logging.info("Stopping at step %d: past the time limit of %.0f s.", pos.step, cfg.time_limit)
+    if stop:
       pos.done = True
 
   def save(self, state: State) -> None:
@@ -415,7 +431,7 @@ def train(
   # same argument signature in fresh and resumed runs and compiles once.
   state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
   pos.rng = _key_data(rng)
-  t0 = time.perf_counter()
+  t0 = run.t0 = time.perf_counter()
   resume_step = None
   old_handler = None
   if threading.current_thread() is threading.main_thread() and (

@@ -49,11 +49,12 @@ class Stage:
 
 
 def run_stages(stages: Sequence[Stage], params: Params, *, rng: jax.Array,
-               workdir: Optional[str] = None) -> Tuple[Params, dict]:
+               workdir: Optional[str] = None, first_index: int = 0) -> Tuple[Params, dict]:
   """Runs ``stages`` in order, each from the previous stage's best served parameters.
 
-  Stage ``i`` uses the keys ``split(fold_in(rng, i))`` (init, loop), so adding a stage at the end does not
-  change the earlier ones.
+  Stage ``i`` uses the keys ``split(fold_in(rng, first_index + i))`` (init, loop), so adding a stage at the
+  end does not change the earlier ones, and a pipeline resumed at its stage ``j`` from the served
+  parameters of the stages before it (``stages[j:]``, ``first_index=j``) runs exactly as the whole one.
 
   Returns:
     ``(params, {stage name: history records})``: the last stage's best served parameters.
@@ -63,7 +64,7 @@ def run_stages(stages: Sequence[Stage], params: Params, *, rng: jax.Array,
     raise ValueError(f"run_stages: stage names must be distinct, got {names}")
   histories = {}
   for i, stage in enumerate(stages):
-    init_rng, loop_rng = jax.random.split(jax.random.fold_in(rng, i))
+    init_rng, loop_rng = jax.random.split(jax.random.fold_in(rng, first_index + i))
     state = (stage.init or stage.learner.init)(params, init_rng)
     stage_dir = None if workdir is None else os.path.join(workdir, stage.name)
     best, histories[stage.name] = loop_lib.train(stage.config, stage.learner, state, stage.batches_fn,
