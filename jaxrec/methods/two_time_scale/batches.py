@@ -11,7 +11,7 @@ Batch formats (numpy; item features, when used, ride along as ``"item_features"`
   stage 2:  {"inactive": {"items": int32 [B_in, L], "mask": bool [B_in, L], "prev": int32 [B_in]},
              "active":   {"items": int32 [B_act, K], "mask": bool [B_act, K], "prev": int32 [B_act],
                           "user": int32 [B_act]}}      (prev = previous item or -1; L <= t*)
-            either group may be absent (training steps carry one group, see :func:`stage_batches`)
+            either group may be absent (one-group steps, see :func:`stage_batches`)
   single-stage: stage-2 batch with both groups (L = t*) plus {"pairs": stage-1 batch}
 
 Departure from the paper (an implementation choice, same objective): a stage-2 step carries one group
@@ -145,7 +145,9 @@ def steps_per_epoch(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str)
   """Steps of one epoch: pairs / ``batch_stage1`` (stage 1, single); stage 2: the inactive group's batches
   plus the active group's batches (each group visited once, one group per step)."""
   if stage == "stage2":
-    return -(-data.in_user.shape[0] // cfg.batch_inactive) - (-data.act_user.shape[0] // cfg.batch_active)
+    n_in = -(-data.in_user.shape[0] // cfg.batch_inactive)
+    n_act = -(-data.act_user.shape[0] // cfg.batch_active)
+    return max(n_in, n_act) if cfg.stage2_steps == "mixed" else n_in + n_act
   return max(1, -(-data.pair_user.shape[0] // cfg.batch_stage1))
 
 
@@ -191,7 +193,8 @@ def stage_batches(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str, e
     :func:`bucket_width` of its longest one, the group's last batch filled with fully masked rows. A step
     carries ONE group (``{"inactive": ...}`` or ``{"active": ...}``); the batches of both groups are
     shuffled together. Over an epoch this takes every step of Eq. 11 + Eq. 12 once, each group's loss
-    being a mean over its batch's real steps.
+    being a mean over its batch's real steps. With ``cfg.stage2_steps == "mixed"`` every step carries a
+    batch of each group (``L_in + L_act`` per step), the smaller group's batches cycled.
   * single stage: a permutation of the pairs per step, with full-width batches of both groups cycled
     alongside (the smaller numbers of group rows are repeated to match the pair steps).
   """
@@ -205,10 +208,22 @@ def stage_batches(cfg: TwoTimeScaleConfig, data: TwoTimeScaleData, stage: str, e
     return
   if stage == "stage2":
     sizes = {"inactive": cfg.batch_inactive, "active": cfg.batch_active}
-    plan = []
+    plans = {}
     for group, mask in (("inactive", data.in_mask), ("active", data.act_mask)):
-      plan += [(group, rows, length)
-               for rows, length in length_buckets(mask.sum(axis=1), sizes[group], mask.shape[1], rng)]
+      plans[group] = [(group, rows, length)
+                      for rows, length in length_buckets(mask.sum(axis=1), sizes[group], mask.shape[1], rng)]
+    if cfg.stage2_steps == "mixed":
+      # Every step: one batch of each group; each group's batches in a random order, the shorter list
+      # cycled (fresh order each cycle) up to the longer one's length.
+      order = {g: _epoch_order(rng, len(plan), 1, steps)[:, 0] for g, plan in plans.items()}
+      for s in range(steps):
+        out = {}
+        for g, plan in plans.items():
+          _, rows, length = plan[order[g][s]]
+          out[g] = _group_batch(data, g, rows, length, sizes[g])
+        yield {**out, **extra}
+      return
+    plan = plans["inactive"] + plans["active"]
     for i in rng.permutation(len(plan)):
       group, rows, length = plan[i]
       yield {group: _group_batch(data, group, rows, length, sizes[group]), **extra}

@@ -19,7 +19,7 @@ Parameters are one flat dict pytree::
 
   "user" [U, d], "item" [I, d_id], "feat_net" (g, only with item features)       -- stage 1
   "cell_in", "cell_act" (flax GRUCell params), "psi" [d], "psi_act" [d] (2-gru),
-  "w" [2d, d], "x_start" [d] (2ts-plus)                                            -- stage 2
+  "gate_in", "gate_act" [d] (cell="residual"), "w" [2d, d], "x_start" [d] (2ts-plus) -- stage 2
 
 with ``d = d_id + d_feat`` when item features ``[I, f]`` are given, ``d = d_id`` otherwise.
 """
@@ -40,7 +40,11 @@ Params = dict
 Batch = Mapping[str, Any]
 
 VARIANTS = ("2ts", "2ts-plus", "single-stage", "2-gru", "ccf")
+CELLS = ("gru", "keep-gate", "residual")
+STAGE2_STEPS = ("one-group", "mixed")
 STAGE1_KEYS = ("user", "item", "feat_net")
+# Stage-2 keys of each user group (the rest, the 2TS-Plus head, is shared by both groups).
+GROUP_KEYS = {"inactive": ("cell_in", "psi", "gate_in"), "active": ("cell_act", "psi_act", "gate_act")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,20 @@ class TwoTimeScaleConfig:
     batch_stage1: stage-1 pairs per step.
     batch_inactive, batch_active: inactive sequences and active windows per stage-2 step.
     single_stage_ccf_weight: weight of the CCF loss in the single-stage objective.
+    cell: how the two cells start (:func:`cell_step`): ``"gru"``, flax's default-initialised GRU cell
+      (the paper's ``RNNcell``; its first step replaces much of ``h_0 = phi_u``); ``"keep-gate"``, the
+      same cell with the update gate's bias set to ``keep_gate_bias`` so that ``z = sigmoid(bias)`` keeps
+      most of the state at the start; ``"residual"``, ``h' = h + s * (GRU(h, x) - h)`` with a learned
+      per-dimension ``s`` initialised to 0, so every cell is exactly the identity at step 0 and stage 2
+      starts from the CCF scores ("the RNN adapts the long-term embedding", Section 3.1).
+    keep_gate_bias: the update-gate bias of ``cell="keep-gate"``.
+    stage2_steps: ``"one-group"``, each stage-2 step carries one group's batch (each group's rows once
+      per epoch); ``"mixed"``, every step carries a batch of both groups and minimises ``L_in + L_act``
+      (Eq. 11 + 12), an epoch taking as many steps as the larger group has batches (the smaller group's
+      rows cycled, so the inactive cell gets as many updates as the active one).
+    lr_inactive, lr_active: stage-2 Adam learning rates of each group's keys (:data:`GROUP_KEYS`);
+      ``0`` means ``lr_stage2``. Implication 2 of the paper sets the two step sizes apart
+      (``gamma_act / gamma_in``, :mod:`theory.two_time_scale`).
     seed: seeds the parameter init, the offer-set keys and the host-side shuffling.
   """
 
@@ -87,11 +105,23 @@ class TwoTimeScaleConfig:
   batch_inactive: int = 64
   batch_active: int = 64
   single_stage_ccf_weight: float = 1.0
+  cell: str = "gru"
+  keep_gate_bias: float = 3.0
+  stage2_steps: str = "one-group"
+  lr_inactive: float = 0.0
+  lr_active: float = 0.0
   seed: int = 0
 
   def __post_init__(self):
     if self.variant not in VARIANTS:
       raise ValueError(f"TwoTimeScaleConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
+    if self.cell not in CELLS:
+      raise ValueError(f"TwoTimeScaleConfig.cell must be one of {CELLS}, got {self.cell!r}")
+    if self.stage2_steps not in STAGE2_STEPS:
+      raise ValueError(f"TwoTimeScaleConfig.stage2_steps must be one of {STAGE2_STEPS}, got "
+                       f"{self.stage2_steps!r}")
+    if self.lr_inactive < 0 or self.lr_active < 0:
+      raise ValueError("TwoTimeScaleConfig: lr_inactive and lr_active must be >= 0 (0: lr_stage2)")
     if self.k < 1 or self.t_star < 0 or self.num_offered < 1:
       raise ValueError(f"TwoTimeScaleConfig: need k >= 1, t_star >= 0, num_offered >= 1; got "
                        f"k={self.k}, t_star={self.t_star}, num_offered={self.num_offered}")
@@ -141,8 +171,13 @@ def init_params(cfg: TwoTimeScaleConfig, rng: jax.Array, num_users: int, num_ite
   if cfg.has_cells:
     cell = nn.GRUCell(features=d)
     zeros = jnp.zeros((1, d))
-    params["cell_in"] = cell.init(ks[3], zeros, zeros)["params"]
-    params["cell_act"] = cell.init(ks[4], zeros, zeros)["params"]
+    for key, k in (("cell_in", ks[3]), ("cell_act", ks[4])):
+      params[key] = cell.init(k, zeros, zeros)["params"]
+      if cfg.cell == "keep-gate":  # z = sigmoid(W_iz x + b_iz + W_hz h); h' = (1 - z) n + z h
+        params[key]["iz"]["bias"] = jnp.full((d,), cfg.keep_gate_bias, params[key]["iz"]["bias"].dtype)
+    if cfg.cell == "residual":
+      params["gate_in"] = jnp.zeros((d,))
+      params["gate_act"] = jnp.zeros((d,))
     params["psi"] = cfg.init_scale * jax.random.normal(ks[5], (d,))
     if cfg.variant == "2-gru":
       params["psi_act"] = cfg.init_scale * jax.random.normal(ks[6], (d,))
@@ -185,9 +220,20 @@ def item_table(cfg: TwoTimeScaleConfig, params: Params, item_features: Optional[
 # -- the two cells -----------------------------------------------------------------------------------
 
 
+GATES = {"cell_in": "gate_in", "cell_act": "gate_act"}
+
+
 def cell_step(params: Params, key: str, h: jax.Array, x: jax.Array) -> jax.Array:
-  """``h' = RNNcell(h, x)`` with the flax GRUCell whose params are ``params[key]``."""
+  """``h' = RNNcell(h, x)`` with the flax GRUCell whose params are ``params[key]``.
+
+  With the residual cell (``cfg.cell == "residual"``: a ``gate_in`` / ``gate_act`` vector ``s`` in
+  ``params``) ``h' = h + s * (GRU(h, x) - h)``, the identity while ``s = 0``. The keep-gate cell is the
+  plain GRU with another initial bias (:func:`init_params`).
+  """
   new_h, _ = nn.GRUCell(features=h.shape[-1]).apply({"params": params[key]}, h, x)
+  gate = GATES[key]
+  if gate in params:
+    new_h = h + params[gate] * (new_h - h)
   return new_h
 
 

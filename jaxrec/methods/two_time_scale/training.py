@@ -194,7 +194,8 @@ def stage_optimizer(cfg: TwoTimeScaleConfig, params: Params, stage: str,
   update of exactly ``0``, so ``optax.apply_updates`` leaves them bit-identical (``x + 0.0 == x``).
 
   Args:
-    cfg: configuration (``lr_stage1`` / ``lr_stage2`` / ``lr_single``).
+    cfg: configuration (``lr_stage1`` / ``lr_stage2`` / ``lr_single``; in stage 2 ``lr_inactive`` and
+      ``lr_active`` for the keys of each group, :data:`.model.GROUP_KEYS`, when they differ).
     params: the parameter pytree (only its keys are read).
     stage: ``"stage1"``, ``"stage2"`` or ``"single"``.
     learning_rate: overrides the configured learning rate of the stage.
@@ -205,12 +206,21 @@ def stage_optimizer(cfg: TwoTimeScaleConfig, params: Params, stage: str,
 def _optimizer(cfg, stage, trained, learning_rate):
   lr = learning_rate if learning_rate is not None else {
       "stage1": cfg.lr_stage1, "stage2": cfg.lr_stage2, "single": cfg.lr_single}[stage]
+  txs = {"trained": state_lib.make_optimizer("adam", lr), "frozen": optax.set_to_zero()}
+  group_of = {}
+  if stage == "stage2" and (cfg.lr_inactive or cfg.lr_active):
+    # Implication 2: each group's keys (cell, initial state, gate) get their own rate (0: the stage's).
+    group_of = {k: g for g, keys in model_lib.GROUP_KEYS.items() for k in keys}
+    txs["inactive"] = state_lib.make_optimizer("adam", cfg.lr_inactive or lr)
+    txs["active"] = state_lib.make_optimizer("adam", cfg.lr_active or lr)
+
+  def label(k):
+    return "frozen" if k not in trained else group_of.get(k, "trained")
 
   def labels(p):
-    return {k: jax.tree.map(lambda _, k=k: "trained" if k in trained else "frozen", v) for k, v in p.items()}
+    return {k: jax.tree.map(lambda _, k=k: label(k), v) for k, v in p.items()}
 
-  return optax.multi_transform(
-      {"trained": state_lib.make_optimizer("adam", lr), "frozen": optax.set_to_zero()}, labels)
+  return optax.multi_transform(txs, labels)
 
 
 @functools.lru_cache(maxsize=64)
@@ -264,8 +274,9 @@ class TrainResult:
 def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
           eval_fn: Optional[Callable[[str, Params], Mapping[str, float]]] = None,
           metric: Optional[str] = "mrr",
-          patience: Optional[int] = None, workdir: Optional[str] = None,
-          progress: bool = False) -> TrainResult:
+          patience: Optional[int] = None, time_limit: Optional[float] = None,
+          workdir: Optional[str] = None, progress: bool = False,
+          stage1_params: Optional[Params] = None) -> TrainResult:
   """Trains stage 1 (CCF) then stage 2 (or the single stage) with :func:`jaxrec.train.stages.run_stages`.
 
   Each stage is one :class:`~jaxrec.train.stages.Stage`: :func:`stage_learner`,
@@ -282,8 +293,14 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
       receives are donated to the next step: copy what you keep (``jax.device_get``).
     metric: the key of ``eval_fn``'s output that selects the best params (None: the last params).
     patience: early-stopping patience in epochs (None: never stop early).
+    time_limit: per stage, stop after the first epoch end past this many seconds of the stage's run
+      (:class:`jaxrec.train.loop.LoopConfig` ``time_limit``; None: no limit).
     workdir: checkpoint / ``metrics.jsonl`` directory (None: nothing written).
     progress: tqdm progress bars.
+    stage1_params: trained stage-1 parameters (``"user"``, ``"item"``, ``"feat_net"``) of the same data and
+      stage-1 configuration, e.g. the ``"ccf"`` variant's: stage 1 is skipped and stage 2 starts from them
+      (the two-stage variants share one stage 1). Stage 2 then runs exactly as after its own stage 1 (same
+      keys); the history holds stage 2 only.
 
   Returns:
     :class:`TrainResult`.
@@ -293,8 +310,18 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
   feat_dim = 0 if feats is None else feats.shape[1]
   k_init, k_train = jax.random.split(jax.random.key(cfg.seed))
   params = model_lib.init_params(cfg, k_init, data.num_users, data.num_items, feat_dim)
+  names = stage_names(cfg)
+  if stage1_params is not None:
+    if names != ("stage1", "stage2"):
+      raise ValueError(f"stage1_params: variant {cfg.variant!r} has no separate stage 2")
+    given = {k: stage1_params[k] for k in model_lib.STAGE1_KEYS if k in stage1_params}
+    want = {k: params[k] for k in model_lib.STAGE1_KEYS if k in params}
+    if jax.tree.map(jnp.shape, given) != jax.tree.map(jnp.shape, want):
+      raise ValueError("stage1_params do not match this data and configuration (keys or shapes)")
+    params = dict(params, **jax.tree.map(jnp.array, given))
+    names = ("stage2",)
   stages = []
-  for name in stage_names(cfg):
+  for name in names:
     spe = batches_lib.steps_per_epoch(cfg, data, name)
     clock = [None]
 
@@ -314,7 +341,7 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
     loop_cfg = loop_lib.LoopConfig(
         num_epochs=_epochs(cfg, name), log_every=spe, eval_at_epoch_end=True,
         metric=metric if eval_fn else None, mode="max",
-        patience=patience if (eval_fn and metric) else None,
+        patience=patience if (eval_fn and metric) else None, time_limit=time_limit,
         steps_per_epoch=spe, progress=progress)
     # The learner depends on the keys of the params entering the stage: those of `params` (stage 2
     # trains no new keys; every key exists from init).
@@ -325,9 +352,10 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
     stages.append(stages_lib.Stage(name=name, learner=stage_learner(cfg, params, name),
                                    batches_fn=batches_fn, config=loop_cfg, eval_fn=stage_eval,
                                    run_config=run_config))
-  params, histories = stages_lib.run_stages(stages, params, rng=k_train, workdir=workdir)
+  params, histories = stages_lib.run_stages(stages, params, rng=k_train, workdir=workdir,
+                                            first_index=stage_names(cfg).index(names[0]))
   history = []
-  for name in stage_names(cfg):
+  for name in names:
     records = histories[name]
     means = {r["step"]: r for r in records if r["kind"] == "train"}
     for r in records:
