@@ -454,3 +454,44 @@ def evaluate(score_fn: ScoreFn, params: Any, queries: Queries, protocol: Protoco
   summary["num_queries"] = int(users.shape[0])
   return EvalResult(ranks=ranks, num_candidates=ncand, per_query=per_query, users=users, group_ids=gids,
                     summary=summary, protocol_desc=protocol.describe(num_items, queries))
+
+
+# -- top-K lists ----------------------------------------------------------------------------------
+
+
+def evaluate_top_k(top_items: np.ndarray, queries: Queries, num_items: int, *,
+                   ks: Sequence[int] = metrics_lib.DEFAULT_KS) -> EvalResult:
+  """Evaluates returned top-K lists (a retrieval/ranking system's ``[Q, K]`` item ids per query).
+
+  The rank of a query's positive is its 1-based position in its row of ``top_items`` (the first one when
+  an id repeats); a positive beyond the list is a miss, given the worst rank ``num_items``. Metrics are
+  those of :func:`evaluate` (grouped queries aggregate per group) at the cut-offs ``k <= K`` only; MRR and
+  AUC are left out (undefined beyond the list). Entries ``-1`` are empty slots.
+
+  Args:
+    top_items: int ``[Q, K]``, row ``q`` the list returned for query ``q`` (for grouped queries every row
+      of a group holds the group's list).
+    queries: the queries (``positive``, optional ``group``).
+    num_items: size of the item index space (the miss rank).
+    ks: cut-offs; those above K are dropped.
+  """
+  top_items = np.asarray(top_items)
+  if top_items.ndim != 2 or top_items.shape[0] != len(queries):
+    raise ValueError(f"evaluate_top_k: top_items must be [{len(queries)}, K], got {top_items.shape}")
+  k_max = top_items.shape[1]
+  hit = top_items == queries.positive[:, None]
+  found = hit.any(1)
+  ranks = np.where(found, hit.argmax(1) + 1, num_items).astype(np.int64)
+  ncand = np.full(len(queries), num_items, np.int64)
+  ks = tuple(k for k in ks if k <= k_max)
+  if queries.group is None:
+    per_query = metrics_lib.metrics_from_ranks(ranks, ncand, ks)
+    users, gids = queries.user, None
+  else:
+    gids, per_query = metrics_lib.grouped_metrics(ranks, ncand, queries.group, ks)
+    users = queries.user[np.unique(queries.group, return_index=True)[1]]
+  per_query = {k: v for k, v in per_query.items() if k not in ("MRR", "AUC")}
+  summary = metrics_lib.summarize(per_query)
+  summary["num_queries"] = int(users.shape[0])
+  return EvalResult(ranks=ranks, num_candidates=ncand, per_query=per_query, users=users, group_ids=gids,
+                    summary=summary, protocol_desc=f"top-{k_max} lists (rank = position, a miss beyond)")
