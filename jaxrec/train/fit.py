@@ -105,6 +105,7 @@ _FIT_RULES = {
     "optimizer": (OPTIMIZERS, None, False), "clip_norm": ("pos", 0, True), "loss": ("str", None, True),
     "eval_every": ("int", 1, True), "metric": ("str", None, False), "valid_negatives": ("int", 1, False),
     "patience": ("int", 1, True), "progress": ("bool", None, False), "all_positions": ("bool", None, True),
+    "time_limit": ("pos", 0, True),
 }
 
 
@@ -126,6 +127,8 @@ class FitConfig:
     metric: validation metric for keep-best and early stopping.
     valid_negatives: sampled negatives of the validation protocol (drawn once).
     patience: evaluations without improvement before stopping (None: never).
+    time_limit: seconds of training after which the first evaluation stops the run (None: no cap;
+      :class:`jaxrec.train.loop.LoopConfig`).
     progress: tqdm progress bar.
     all_positions: train sequence models on all positions (None: the registry's
       ``ModelSpec.all_positions``; False: one target per window, e.g. to compare).
@@ -150,6 +153,7 @@ class FitConfig:
   patience: Optional[int] = 3
   progress: bool = False
   all_positions: Optional[bool] = None
+  time_limit: Optional[float] = None
 
   def __post_init__(self):
     check_fields(self, _FIT_RULES)
@@ -370,7 +374,7 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
   loop_config = loop_lib.LoopConfig(
       num_epochs=config.epochs, log_every=max(1, min(100, steps_per_epoch)), eval_every=config.eval_every,
       metric=config.metric if eval_fn is not None else None, patience=config.patience,
-      progress=config.progress, steps_per_epoch=steps_per_epoch)
+      time_limit=config.time_limit, progress=config.progress, steps_per_epoch=steps_per_epoch)
   t0 = time.time()
   best, history = loop_lib.train(
       loop_config, learner, state,
