@@ -72,6 +72,20 @@ def test_2ts_protocol_keeps_repeats_and_excludes_nothing():
   assert any(np.isin(cands[j, 1:], k[j][k[j] >= 0]).any() for j in range(200))
 
 
+def test_2ts_filtered_protocol_has_the_same_queries_and_excludes_earlier_items():
+  log = synthetic.generate("small", seed=0)
+  paper, filt = pp.prepare(log, "2ts-chronological"), pp.prepare(log, "2ts-chronological-filtered")
+  for part in ("valid", "test"):
+    a, b = getattr(paper.split, part), getattr(filt.split, part)
+    np.testing.assert_array_equal(a.user, b.user)
+    np.testing.assert_array_equal(a.item, b.item)
+  q = filt.test_queries
+  assert q.positive_is_known().mean() > 0.05  # repeat consumption: known positives stay as queries
+  cands = filt.rankings()["sampled499"].draw(q, filt.num_items).items
+  k = q.exclusion_matrix(np.arange(300))
+  assert not any(np.isin(cands[j, 1:], k[j][k[j] >= 0]).any() for j in range(300))
+
+
 def test_rankings_follow_the_fields(log):
   p = pp.get("leave-last-out").replace(num_negatives=20, negatives="popularity", negative_seed=3)
   with pytest.raises(ValueError, match="item_counts"):

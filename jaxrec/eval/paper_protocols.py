@@ -248,6 +248,10 @@ PROTOCOLS: dict[str, EvalProtocol] = {p.name: p for p in (
                  deduplicate=False, exclude="none", num_negatives=499, negatives="uniform",
                  reference="2TS (paper 000, Sec. 5: sorted by timestamp, 70/10/20; each "
                  "interaction ranked against 499 negatives sampled from all items)"),
+    EvalProtocol("2ts-chronological-filtered", "chronological", {"ratios": (0.7, 0.1, 0.2)},
+                 deduplicate=False, exclude="known", num_negatives=499, negatives="uniform",
+                 reference="2TS split and 499 negatives (paper 000, Sec. 5) with the user's earlier "
+                 "items excluded from the candidates (repeats kept as queries)"),
     EvalProtocol("chronological", "chronological", {"ratios": (0.7, 0.1, 0.2)},
                  deduplicate=False, exclude="known", num_negatives=99,
                  reference="2TS split (paper 000, Sec. 5) with jaxrec's filtered evaluation"),
