@@ -41,6 +41,7 @@ import numpy as np
 from experiments import common, configs
 from experiments import two_time_scale_report as report
 from experiments.registry import Experiment, ExperimentResult, RunContext
+from jaxrec.eval import paper_protocols
 from jaxrec.eval import protocols as protocols_lib
 from jaxrec.eval import suite
 from jaxrec.methods import two_time_scale as tts
@@ -54,6 +55,26 @@ BASELINE_NAMES = report.BASELINE_NAMES
 METRICS = ("MRR", "Recall@10")
 
 
+RATES = ("shared", "theory")
+
+
+def parse_setting(setting: str) -> tuple[str, str, str]:
+  """``"CELL/STEPS[/RATES]"`` -> ``(cell, stage2_steps, rates)``, e.g. ``"residual/mixed/theory"``."""
+  parts = setting.split("/")
+  if len(parts) == 2:
+    parts.append("shared")
+  if len(parts) != 3 or parts[0] not in tts.CELLS or parts[1] not in tts.STAGE2_STEPS or (
+      parts[2] not in RATES):
+    raise ValueError(f"stage2_grid entry {setting!r} must be CELL/STEPS[/RATES] with CELL in "
+                     f"{tts.CELLS}, STEPS in {tts.STAGE2_STEPS}, RATES in {RATES}")
+  return parts[0], parts[1], parts[2]
+
+
+def setting_name(setting: str) -> str:
+  cell, steps, rates = parse_setting(setting)
+  return f"{cell}, {steps}" + (", theory rates" if rates == "theory" else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """Everything a run depends on besides the dataset and the seed (each field is a ``--config`` flag).
@@ -62,7 +83,17 @@ class Options:
     variants: 2TS variants to train (``tts.VARIANTS``).
     baselines: base models to train (``BASELINE_NAMES``).
     tts: the 2TS hyper-parameters (``--config.tts.FIELD``); ``t_star`` and ``k`` are overridden by the
-      validation choice when a sweep is given, ``seed`` by the run's seed.
+      validation choice when a sweep is given, ``cell`` / ``stage2_steps`` / ``lr_*`` by the chosen
+      ``stage2_grid`` setting, ``seed`` by the run's seed.
+    stage2_grid: 2TS stage-2 settings compared on validation, each ``"CELL/STEPS[/RATES]"``
+      (:func:`parse_setting`): the cell's start (``gru``, ``keep-gate``, ``residual``), one-group or mixed
+      steps, and shared rates or the theory's ``gamma_act / gamma_in`` ratio (Implication 2) for the active
+      group. The best on validation MRR is the 2TS row, and 2TS-Plus, 2-GRU and 2TS-SingleStage use its
+      cell and steps.
+    patience: early-stopping patience (epochs without a better validation MRR) of every 2TS stage; 0:
+      never stop early. The baselines' is ``base_patience``.
+    time_limit: wall-time cap in seconds of each 2TS stage and of each baseline's training (the loop stops
+      at the first validation past it); 0: none.
     sweep_t_star, sweep_k: validation grid of (t*, K) for 2TS (empty: no sweep).
     base_epochs, base_batch_size, base_history_len, base_negatives, base_lr, base_patience: baselines
       (base_batch_size counts windows; GRU4Rec and SASRec take FitConfig.sequence_batch_size sequences).
@@ -73,6 +104,9 @@ class Options:
   variants: tuple[str, ...] = tts.VARIANTS
   baselines: tuple[str, ...] = tuple(BASELINE_NAMES)
   tts: tts.TwoTimeScaleConfig = tts.TwoTimeScaleConfig()
+  stage2_grid: tuple[str, ...] = ("gru/one-group", "residual/mixed")
+  patience: int = 3
+  time_limit: float = 0.0
   sweep_t_star: tuple[int, ...] = ()
   sweep_k: tuple[int, ...] = ()
   base_epochs: int = 10
@@ -88,18 +122,33 @@ class Options:
         b for b in self.baselines if b not in BASELINE_NAMES]
     if bad:
       raise ValueError(f"unknown variants/baselines {bad}; known {tts.VARIANTS} and {tuple(BASELINE_NAMES)}")
+    if not self.stage2_grid:
+      raise ValueError("stage2_grid must name at least one CELL/STEPS setting")
+    for setting in self.stage2_grid:
+      parse_setting(setting)
+    if self.patience < 0 or self.time_limit < 0:
+      raise ValueError("patience and time_limit must be >= 0 (0: none)")
 
   def tts_config(self, variant: str, seed: int, t_star: Optional[int] = None,
-                 k: Optional[int] = None) -> tts.TwoTimeScaleConfig:
-    return dataclasses.replace(self.tts, variant=variant, seed=seed,
-                               t_star=self.tts.t_star if t_star is None else t_star,
-                               k=self.tts.k if k is None else k)
+                 k: Optional[int] = None, setting: Optional[str] = None,
+                 rate_ratio: float = 1.0) -> tts.TwoTimeScaleConfig:
+    """The 2TS config of one run; ``setting`` (a ``stage2_grid`` entry) sets the cell, steps and rates
+    (``rate_ratio``: the active group's rate over the inactive's, for ``RATES == "theory"``)."""
+    cfg = dataclasses.replace(self.tts, variant=variant, seed=seed,
+                              t_star=self.tts.t_star if t_star is None else t_star,
+                              k=self.tts.k if k is None else k)
+    if setting is not None:
+      cell, steps, rates = parse_setting(setting)
+      cfg = dataclasses.replace(cfg, cell=cell, stage2_steps=steps)
+      if rates == "theory":
+        cfg = dataclasses.replace(cfg, lr_inactive=cfg.lr_stage2, lr_active=cfg.lr_stage2 * rate_ratio)
+    return cfg
 
   def fit_config(self) -> fit_lib.FitConfig:
     return fit_lib.FitConfig(epochs=self.base_epochs, batch_size=self.base_batch_size,
                              num_negatives=self.base_negatives, history_len=self.base_history_len,
                              learning_rate=self.base_lr, patience=self.base_patience, metric="valid/MRR",
-                             progress=False)
+                             time_limit=self.time_limit or None, progress=False)
 
 
 def command(spec: str, seed: int, opts: Options, cache_dir: Optional[str] = None) -> str:
@@ -113,9 +162,17 @@ def command(spec: str, seed: int, opts: Options, cache_dir: Optional[str] = None
 # -- data, protocol and 2TS evaluation -----------------------------------------------------------------
 
 
+FILTERED = "2ts-chronological-filtered"
+
+
 @dataclasses.dataclass
 class _Setup:
-  """Data, queries, evaluation sequences and frozen protocols of one dataset."""
+  """Data, queries, evaluation sequences and frozen protocols of one dataset.
+
+  The test set is evaluated under the paper's protocol (``2ts-chronological``: negatives from all items,
+  nothing excluded) and, beside it, under ``2ts-chronological-filtered`` (the same queries, the user's
+  earlier items excluded; its results are keyed ``"<name>-filtered"``). Selection uses the paper's.
+  """
 
   prep: common.Prepared
   feats: Optional[jax.Array]
@@ -128,27 +185,47 @@ class _Setup:
   valid_sampled: protocols_lib.Candidates
   test_sampled: protocols_lib.Candidates
   sampled_name: str
+  filtered_queries: Any = None       # test queries with the earlier items to exclude
+  filtered_protocols: dict = dataclasses.field(default_factory=dict)
 
 
 def _setup(spec: str, seed: int, cache_dir: Optional[str], eval_negatives: int = 0) -> _Setup:
   prep = common.prepare(spec, "chronological", seed=seed, cache_dir=cache_dir, protocol=PROTOCOL)
+  filt = paper_protocols.prepare(prep.log, paper_protocols.get(FILTERED).with_seed(seed))
   wanted = eval_negatives or prep.protocol.num_negatives
-  # Capped, with a warning, at what every validation and test query can have (synthetic:tiny).
+  # Capped, with a warning, at what every validation and test query can have (synthetic:tiny); the
+  # filtered protocol excludes more, so it is capped on its own.
   wanted = fit_lib.capped_negatives(prep.valid_queries, prep.num_items, wanted, "validation")
   wanted = fit_lib.capped_negatives(prep.test_queries, prep.num_items, wanted, "test")
   if wanted != prep.protocol.num_negatives:
     prep = dataclasses.replace(prep, protocol=prep.protocol.replace(num_negatives=wanted))
+  wanted_f = fit_lib.capped_negatives(filt.test_queries, prep.num_items, wanted, "test (filtered)")
   sp = prep.split
   feats = None if sp.train.item_features is None else jnp.asarray(sp.train.item_features)
   rankings = prep.protocol.rankings(sp.train.item_counts())
   name = next(k for k in rankings if k.startswith("sampled"))
   test_protocols = suite.freeze_protocols(rankings, prep.test_queries, prep.num_items)
   valid_sampled = suite.freeze_protocols({name: rankings[name]}, prep.valid_queries, prep.num_items)[name]
+  filt_rankings = filt.protocol.replace(num_negatives=wanted_f).rankings(sp.train.item_counts())
   return _Setup(prep=prep, feats=feats, valid_seqs=tts.prepare_eval_sequences([sp.valid]),
                 all_seqs=tts.prepare_eval_sequences([sp.valid, sp.test]), num_valid=len(sp.valid),
                 train_counts=sp.train.user_counts(), new_users=common.new_user_mask(prep),
                 test_protocols=test_protocols, valid_sampled=valid_sampled,
-                test_sampled=test_protocols[name], sampled_name=name)
+                test_sampled=test_protocols[name], sampled_name=name,
+                filtered_queries=filt.test_queries,
+                filtered_protocols=suite.freeze_protocols(filt_rankings, filt.test_queries, prep.num_items))
+
+
+def _evaluate_test(score_fn, params, s: _Setup, features: dict) -> dict:
+  """Test results under both protocols (the filtered ones keyed ``"<name>-filtered"``)."""
+  out = suite.evaluate_all(score_fn, params, dataclasses.replace(s.prep.test_queries, features=features),
+                           s.prep.num_items, s.test_protocols, train_counts=s.train_counts,
+                           new_users=s.new_users)
+  filt = suite.evaluate_all(score_fn, params, dataclasses.replace(s.filtered_queries, features=features),
+                            s.prep.num_items, s.filtered_protocols, train_counts=s.train_counts,
+                            new_users=s.new_users)
+  out.update({f"{k}-filtered": v for k, v in filt.items()})
+  return out
 
 
 def _with_vecs(queries, vecs):
@@ -184,12 +261,15 @@ def _valid_fn(cfg, data, s: _Setup, with_test: bool = False) -> Callable:
   return eval_fn
 
 
-def _train_tts(cfg, s: _Setup, workdir=None, with_test_curve: bool = False):
-  """Trains one variant, keeping each stage's best epoch on validation MRR."""
+def _train_tts(cfg, s: _Setup, opts: Options, workdir=None, with_test_curve: bool = False,
+               stage1_params=None):
+  """Trains one variant, each stage keeping its best epoch on validation MRR and stopping after
+  ``opts.patience`` epochs without a better one (or past ``opts.time_limit`` seconds)."""
   data = tts.prepare_training_data(s.prep.split.train, cfg.t_star, cfg.k)
   t0 = time.perf_counter()
   res = tts.train(cfg, s.prep.split.train, eval_fn=_valid_fn(cfg, data, s, with_test_curve), metric="mrr",
-                  workdir=workdir)
+                  patience=opts.patience or None, time_limit=opts.time_limit or None, workdir=workdir,
+                  stage1_params=stage1_params)
   return res, time.perf_counter() - t0
 
 
@@ -197,13 +277,22 @@ def _evaluate_tts(cfg, res, s: _Setup) -> tuple[dict, dict, Any]:
   """(test results per protocol, validation sampled summary, EvalQueries of validation + test)."""
   eq = tts.eval_query_vectors(cfg, res.params, res.data, s.all_seqs, s.feats)
   table = tts.item_table(cfg, res.params, s.feats)
-  test_q = _with_vecs(s.prep.test_queries, eq.user_vec[s.num_valid:])
-  test = suite.evaluate_all(tts.table_scores, table, test_q, s.prep.num_items, s.test_protocols,
-                            train_counts=s.train_counts, new_users=s.new_users)
+  test = _evaluate_test(tts.table_scores, table, s, {"user_vec": np.asarray(eq.user_vec[s.num_valid:])})
   valid_q = _with_vecs(s.prep.valid_queries, eq.user_vec[:s.num_valid])
   valid = protocols_lib.evaluate(tts.table_scores, table, valid_q, s.valid_sampled, s.prep.num_items,
                                  ks=(10,)).summary
   return test, {k: float(v) for k, v in valid.items()}, eq
+
+
+def _budget(history: list) -> dict:
+  """Epochs run per stage, why training stopped, and the seconds of training (no evaluation)."""
+  out = {}
+  for stage in tts.STAGES:
+    recs = [r for r in history if r.get("stage") == stage]
+    if recs:
+      out[f"{stage} epochs"] = len(recs)
+      out[f"{stage} stopped"] = recs[-1].get("stopped", "epochs")
+  return out
 
 
 def _train_baseline(model: str, s: _Setup, opts: Options, seed: int, workdir: Optional[str]) -> dict:
@@ -214,14 +303,14 @@ def _train_baseline(model: str, s: _Setup, opts: Options, seed: int, workdir: Op
   logs = [sp.train, sp.valid, sp.test]
   hist = fit_lib.history_len_for(model, config)
   valid_q = dataclasses.replace(s.prep.valid_queries, features=fit_lib.query_features(spec, logs, 1, hist))
-  test_q = dataclasses.replace(s.prep.test_queries, features=fit_lib.query_features(spec, logs, 2, hist))
   fitted = fit_lib.fit(model, sp.train, valid_q, config, seed=seed, workdir=workdir,
                        valid_protocol=s.valid_sampled)
-  test = suite.evaluate_all(fitted.score_fn, fitted.params, test_q, s.prep.num_items, s.test_protocols,
-                            train_counts=s.train_counts, new_users=s.new_users)
+  test = _evaluate_test(fitted.score_fn, fitted.params, s, fit_lib.query_features(spec, logs, 2, hist))
   evals = [r for r in fitted.history if any(k.startswith("valid/") for k in r)]
   return {"model": model, "config": dataclasses.asdict(config), "train_seconds": fitted.train_seconds,
-          "best_step": fitted.best_step, "valid_history": evals, "test": test}
+          "best_step": fitted.best_step, "valid_history": evals, "test": test,
+          "epochs": len(evals), "stopped": evals[-1].get("stopped", "epochs") if evals else "epochs",
+          "valid_MRR": max((r["valid/MRR"] for r in evals), default=float("nan"))}
 
 
 # -- one dataset -------------------------------------------------------------------------------------
@@ -232,22 +321,79 @@ def _row(dataset, method, results, seconds, cmd, **extra) -> dict:
           "train s": round(float(seconds), 1), "command": cmd}
 
 
+def theory_rate_ratio(train_counts: np.ndarray, phi: np.ndarray, t_star: int) -> dict:
+  """Implication 2's ``gamma_act / gamma_in`` on our data (:mod:`theory.two_time_scale`, App. A.2).
+
+  ``alpha``: maximum-likelihood exponent of ``P(T) = (T+1)^-alpha / zeta(alpha, 1)`` over every user's
+  training count (new users count ``T = 0``); ``Var_m`` and ``Q >= E||phi_u||^2`` from the stage-1
+  embeddings of trained users (``Q`` itself is unbounded for our loss, see :func:`report.theory`), so the
+  ratio is a lower bound. ``N`` and ``B`` cancel.
+  """
+  from scipy import optimize, special  # pylint: disable=g-import-not-at-top
+  from theory import two_time_scale as theory_lib  # pylint: disable=g-import-not-at-top
+  t = np.asarray(train_counts, np.float64)
+  log_t1 = np.log1p(t).sum()
+
+  def nll(a):
+    return a * log_t1 + t.size * np.log(special.zeta(a, 1.0))
+
+  alpha = float(optimize.minimize_scalar(nll, bounds=(1.01, 6.0), method="bounded").x)
+  trained = phi[t > 0]
+  var_m = float(np.mean(np.sum((trained - trained.mean(axis=0)) ** 2, axis=1)))
+  q = float(np.mean(np.sum(trained ** 2, axis=1)))
+  with jax.enable_x64():
+    ratio = float(theory_lib.gamma_act(t_star, alpha, q, 1.0, 1.0) / theory_lib.gamma_in(var_m, 1.0, 1.0))
+  return {"alpha": alpha, "var_m": var_m, "q_lower_bound": q, "ratio": ratio}
+
+
 def run_dataset(spec: str, opts: Options, *, seed: int = 0, workdir: Optional[str] = None,
                 cache_dir: Optional[str] = None, checkpoints: bool = False,
                 log: Callable[[str], None] = print) -> dict:
-  """Trains and evaluates every row on one dataset; returns a JSON-able dict (rows, curves, configs)."""
+  """Trains and evaluates every row on one dataset; returns a JSON-able dict (rows, curves, configs).
+
+  Stage 1 (CCF) does not depend on t*, K, the cells or the stage-2 steps: it is trained once (the CCF
+  row, with its own early stopping) and every two-stage run starts its stage 2 from it
+  (``tts.train(stage1_params=...)``, the same keys as a whole pipeline); their times include it.
+  """
   s = _setup(spec, seed, cache_dir, opts.eval_negatives)
   name = s.prep.name
   out: dict[str, Any] = {"dataset": spec, "stats": common.stats_row(s.prep), "options": configs.to_dict(opts),
-                         "protocol": s.prep.protocol.describe(), "sampled_name": s.sampled_name,
-                         "rows": [], "tts": {}, "baselines": {}, "sweep": []}
-  # Validation sweep over (t*, K) for 2TS.
+                         "protocol": s.prep.protocol.describe(),
+                         "filtered_protocol": paper_protocols.get(FILTERED).describe(),
+                         "sampled_name": s.sampled_name, "rows": [], "tts": {}, "baselines": {}, "sweep": [],
+                         "grid": []}
+
+  def ckpt(tag):
+    return os.path.join(workdir, "checkpoints", name, tag) if (checkpoints and workdir) else None
+
   t_star, k = opts.tts.t_star, opts.tts.k
+  two_stage = [v for v in opts.variants if v in ("2ts", "2ts-plus", "2-gru")]
+  ccf = None
+  if "ccf" in opts.variants or two_stage:
+    cfg = opts.tts_config("ccf", seed)
+    res, sec = _train_tts(cfg, s, opts, ckpt("ccf"), with_test_curve=True)
+    ccf = {"cfg": cfg, "res": res, "seconds": sec, "params": jax.device_get(res.params)}
+    log(f"[{name}] stage 1 (CCF): {len(res.history)} epochs, {sec:.0f} s")
+
+  def from_stage1(cfg, tag, with_test_curve=False):
+    res, sec = _train_tts(cfg, s, opts, ckpt(tag), with_test_curve, stage1_params=ccf["params"])
+    offset = ccf["res"].history[-1]["wall_time"]
+    res.history = ccf["res"].history + [dict(r, wall_time=r["wall_time"] + offset) for r in res.history]
+    return res, sec + ccf["seconds"]
+
+  def record(variant, cfg, res, sec, test, valid, eq):
+    rec = {"config": dataclasses.asdict(cfg), "train_seconds": sec, "test": test, "valid": valid,
+           "history": res.history, **_budget(res.history)}
+    if cfg.has_cells:
+      rec["moves"] = report.embedding_moves(eq, s.num_valid, s.new_users[s.prep.split.test.user])
+    return rec
+
+  # Validation sweep over (t*, K) for 2TS (the first stage2_grid setting).
   grid = list(itertools.product(opts.sweep_t_star or (t_star,), opts.sweep_k or (k,)))
-  if len(grid) > 1:
+  if len(grid) > 1 and ccf is not None:
     for ts_, k_ in grid:
-      cfg = opts.tts_config("2ts", seed, ts_, min(k_, max(ts_, 1)))
-      res, sec = _train_tts(cfg, s)
+      cfg = opts.tts_config("2ts", seed, ts_, min(k_, max(ts_, 1)), opts.stage2_grid[0])
+      res, sec = from_stage1(cfg, f"sweep-{ts_}-{cfg.k}")
       test, valid, _ = _evaluate_tts(cfg, res, s)
       rec = {"t_star": ts_, "k": cfg.k, "valid MRR": valid["MRR"],
              "test MRR": test[s.sampled_name]["summary"]["MRR"], "train s": sec}
@@ -256,44 +402,89 @@ def run_dataset(spec: str, opts: Options, *, seed: int = 0, workdir: Optional[st
           f"test MRR={rec['test MRR']:.4f}")
     best = max(out["sweep"], key=lambda r: r["valid MRR"])
     t_star, k = best["t_star"], best["k"]
+  k = min(k, max(t_star, 1))
   out["chosen"] = {"t_star": t_star, "k": k}
   chosen = dataclasses.replace(opts, tts=dataclasses.replace(opts.tts, t_star=t_star, k=k), sweep_t_star=(),
                                sweep_k=())
 
+  # Stage-2 settings (cell start, steps, rates), chosen on validation MRR.
+  setting = opts.stage2_grid[0]
+  if two_stage:
+    ratio = None
+    if any(parse_setting(g)[2] == "theory" for g in opts.stage2_grid):
+      ratio = theory_rate_ratio(s.train_counts, np.asarray(ccf["params"]["user"]), t_star)
+      out["theory_rates"] = ratio
+      log(f"[{name}] theory rates: gamma_act/gamma_in = {ratio['ratio']:.3g} (alpha={ratio['alpha']:.2f})")
+    best_valid = -1.0
+    for g in opts.stage2_grid:
+      cfg = opts.tts_config("2ts", seed, t_star, k, g, ratio["ratio"] if ratio else 1.0)
+      res, sec = from_stage1(cfg, "2ts-" + g.replace("/", "-"), with_test_curve=True)
+      test, valid, eq = _evaluate_tts(cfg, res, s)
+      rec = record("2ts", cfg, res, sec, test, valid, eq)
+      rec["setting"] = g
+      out["grid"].append({"dataset": name, "setting": setting_name(g), "valid MRR": valid["MRR"],
+                          **_budget(res.history), **suite.flat_row(test, METRICS),
+                          "train s": round(sec, 1),
+                          "command": command(spec, seed, dataclasses.replace(
+                              chosen, variants=("2ts",), baselines=(), stage2_grid=(g,)), cache_dir)})
+      log(f"[{name}] 2TS ({setting_name(g)}): valid MRR={valid['MRR']:.4f}")
+      if valid["MRR"] > best_valid:
+        best_valid, setting = valid["MRR"], g
+        if "2ts" in opts.variants:
+          rec["theory"] = report.theory(cfg, res)
+          out["tts"]["2ts"] = rec
+  out["chosen"]["stage2"] = setting
+  chosen = dataclasses.replace(chosen, stage2_grid=(setting,))
+  ratio_value = out.get("theory_rates", {}).get("ratio", 1.0)
+
   for variant in opts.variants:
-    cfg = opts.tts_config(variant, seed, t_star, min(k, max(t_star, 1)))
-    ckpt = os.path.join(workdir, "checkpoints", name, variant) if (checkpoints and workdir) else None
-    res, sec = _train_tts(cfg, s, ckpt, with_test_curve=variant == "2ts")
-    test, valid, eq = _evaluate_tts(cfg, res, s)
-    rec = {"config": dataclasses.asdict(cfg), "train_seconds": sec, "test": test, "valid": valid,
-           "history": res.history}
-    if cfg.has_cells:
-      rec["moves"] = report.embedding_moves(eq)
+    cfg = opts.tts_config(variant, seed, t_star, k, setting, ratio_value)
     if variant == "2ts":
-      rec["theory"] = report.theory(cfg, res)
-    out["tts"][variant] = rec
+      rec = out["tts"]["2ts"]
+      sec = rec["train_seconds"]
+    else:
+      if variant == "ccf":
+        cfg, res, sec = ccf["cfg"], ccf["res"], ccf["seconds"]
+      elif variant in two_stage:
+        res, sec = from_stage1(cfg, variant)
+      else:  # single-stage
+        res, sec = _train_tts(cfg, s, opts, ckpt(variant))
+      test, valid, eq = _evaluate_tts(cfg, res, s)
+      rec = record(variant, cfg, res, sec, test, valid, eq)
+      out["tts"][variant] = rec
     cmd = command(spec, seed, dataclasses.replace(chosen, variants=(variant,), baselines=()), cache_dir)
-    out["rows"].append(_row(name, VARIANT_NAMES[variant], test, sec, cmd, **{"t*": cfg.t_star, "K": cfg.k}))
+    budget = {k_: v for k_, v in rec.items() if k_.endswith(" epochs") or k_.endswith(" stopped")}
+    out["rows"].append(_row(name, VARIANT_NAMES[variant], rec["test"], sec, cmd,
+                            **{"t*": cfg.t_star, "K": cfg.k, "valid MRR": rec["valid"]["MRR"],
+                               "epochs": _epochs_text(budget), "stopped": _stopped_text(budget)}))
     log(f"[{name}] {VARIANT_NAMES[variant]}: {report.fmt_row(out['rows'][-1])}")
 
   for model in opts.baselines:
-    ckpt = os.path.join(workdir, "checkpoints", name, model) if (checkpoints and workdir) else None
-    res = _train_baseline(model, s, opts, seed, ckpt)
+    res = _train_baseline(model, s, opts, seed, ckpt(model))
     out["baselines"][model] = res
     cmd = command(spec, seed, dataclasses.replace(opts, variants=(), baselines=(model,), sweep_t_star=(),
                                                   sweep_k=()), cache_dir)
-    out["rows"].append(_row(name, BASELINE_NAMES[model], res["test"], res["train_seconds"], cmd))
+    out["rows"].append(_row(name, BASELINE_NAMES[model], res["test"], res["train_seconds"], cmd,
+                            **{"valid MRR": res["valid_MRR"], "epochs": str(res["epochs"]),
+                               "stopped": res["stopped"]}))
     log(f"[{name}] {BASELINE_NAMES[model]}: {report.fmt_row(out['rows'][-1])}")
 
   pop_fn, pop_params = nonlearned.popularity(s.prep.split.train)
-  pop = suite.evaluate_all(pop_fn, pop_params, s.prep.test_queries, s.prep.num_items, s.test_protocols,
-                           train_counts=s.train_counts, new_users=s.new_users)
+  pop = _evaluate_test(pop_fn, pop_params, s, {})
   out["popularity"] = pop
   cmd = command(spec, seed, dataclasses.replace(opts, variants=(), baselines=(), sweep_t_star=(), sweep_k=()),
                 cache_dir)
   out["rows"].append(_row(name, "Popularity", pop, 0.0, cmd))
   log(f"[{name}] Popularity: {report.fmt_row(out['rows'][-1])}")
   return out
+
+
+def _epochs_text(budget: dict) -> str:
+  return "+".join(str(budget[f"{st} epochs"]) for st in tts.STAGES if f"{st} epochs" in budget)
+
+
+def _stopped_text(budget: dict) -> str:
+  return "+".join(budget[f"{st} stopped"] for st in tts.STAGES if f"{st} stopped" in budget)
 
 
 # -- result assembly ---------------------------------------------------------------------------------

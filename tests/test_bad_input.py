@@ -88,6 +88,9 @@ CASES = {
     "2ts-t-star": ("experiments.two_time_scale", ["--config.tts.t_star=-3"], ["t_star=-3"]),
     "2ts-variant": ("experiments.two_time_scale", ["--config.variants=('zz',)"], ["unknown variants"]),
     "2ts-workdir-file": ("experiments.two_time_scale", ["--workdir={file}"], ["is a file"]),
+    "2ts-grid": ("experiments.two_time_scale", ["--config.stage2_grid=('lstm/mixed',)"],
+                 ["stage2_grid entry 'lstm/mixed' must be CELL/STEPS"]),
+    "2ts-cell": ("experiments.two_time_scale", ["--config.tts.cell=lstm"], ["cell must be one of"]),
 }
 
 

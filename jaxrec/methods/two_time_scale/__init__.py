@@ -32,7 +32,7 @@ from jaxrec.methods.two_time_scale.batches import (
     STAGES, TwoTimeScaleData, bucket_width, length_buckets, prepare_training_data, stage_batches,
     steps_per_epoch)
 from jaxrec.methods.two_time_scale.model import (
-    STAGE1_KEYS, VARIANTS, FeatureNet, TwoTimeScaleConfig, cell_step, group_rollout, init_params,
+    CELLS, GROUP_KEYS, STAGE1_KEYS, STAGE2_STEPS, VARIANTS, FeatureNet, TwoTimeScaleConfig, cell_step, group_rollout, init_params,
     item_table, item_vectors, rollout, table_scores, trainable_keys)
 from jaxrec.methods.two_time_scale.rollout import (
     EvalQueries, EvalSequences, eval_query_vectors, eval_rollout, padded_steps, prepare_eval_sequences,
@@ -45,7 +45,8 @@ from jaxrec.methods.two_time_scale.training import (
 # name (importing the submodule above bound the package attribute to it): rebind it.
 from jaxrec.methods.two_time_scale.model import rollout  # noqa: E402,F811  # pylint: disable=wrong-import-position
 
-__all__ = ["EvalQueries", "EvalSequences", "FeatureNet", "STAGE1_KEYS", "STAGES", "TrainResult",
+__all__ = ["CELLS", "EvalQueries", "EvalSequences", "FeatureNet", "GROUP_KEYS", "STAGE1_KEYS", "STAGE2_STEPS",
+           "STAGES", "TrainResult",
            "TwoTimeScaleConfig", "TwoTimeScaleData", "VARIANTS", "bucket_width", "ccf_loss",
            "cell_step", "eval_query_vectors", "eval_rollout", "group_rollout", "init_params",
            "item_table", "item_vectors", "length_buckets", "offer_set_loss", "offer_set_scores",
