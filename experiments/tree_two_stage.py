@@ -354,7 +354,8 @@ def main(argv):
   specs = fv.datasets or [fv.dataset]
   workdir = fv.workdir or f"runs/tree_two_stage/{'+'.join(s.replace(':', '-') for s in specs)}"
   results, figs = run_all(specs, opts, workdir, seed=fv.seed, cache_dir=fv.cache_dir,
-                          checkpoints=fv.checkpoints, command_line=common.this_command(), log=lambda m: print(m, flush=True))
+                          checkpoints=fv.checkpoints, command_line=common.this_command(),
+                          log=lambda m: print(m, flush=True))
   for table in tables(results):
     print(f"\n## {table.title}")
     cols = [c for c in table.columns if c != "command"]
