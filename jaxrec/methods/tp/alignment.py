@@ -68,16 +68,30 @@ def sgd_chain(objective: Objective, params: Params, batches: Mapping[str, jax.Ar
   Returns:
     ``(theta_k, aux)``, ``aux`` stacked over the ``k`` steps (``value`` included as ``"objective"``).
   """
+  theta_k, moved, aux = _chain(objective, params, batches, rng, alpha)
+  del moved
+  return theta_k, aux
+
+
+def _chain(objective, params, batches, rng, alpha):
+  """``(theta_k, sum_i alpha g_i, aux)``: the sum of the steps is ``theta - theta_k`` without the
+  cancellation of subtracting two nearly equal parameter vectors (which Adam would amplify where a
+  gradient is tiny)."""
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-  def step(theta, xs):
+  def step(carry, xs):
+    theta, moved = carry
     i, batch = xs
     (value, aux), grads = grad_fn(theta, batch, jax.random.fold_in(rng, i))
-    theta = jax.tree.map(lambda p, u: p - u, theta, _scale(alpha, grads))
-    return theta, dict(aux, objective=value)
+    update = _scale(alpha, grads)
+    theta = jax.tree.map(lambda p, u: p - u, theta, update)
+    moved = jax.tree.map(lambda m, u: m + u, moved, update)
+    return (theta, moved), dict(aux, objective=value)
 
   k = jax.tree.leaves(batches)[0].shape[0]
-  return jax.lax.scan(step, params, (jnp.arange(k), batches))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (theta_k, moved), aux = jax.lax.scan(step, (params, zeros), (jnp.arange(k), batches))
+  return theta_k, moved, aux
 
 
 def outer_direction(objective: Objective, params: Params, batches: Mapping[str, jax.Array], rng: jax.Array,
@@ -92,20 +106,20 @@ def outer_direction(objective: Objective, params: Params, batches: Mapping[str, 
       None: every chain counts.
 
   Returns:
-    ``(direction, aux)``: ``direction`` has ``params``'s structure; ``aux`` is ``[C, k]``-stacked.
+    ``(direction, aux)``: ``direction`` has ``params``'s structure; ``aux`` is ``[C, k]``-stacked. Each
+    chain's ``theta - theta_k`` is accumulated as the sum of its ``k`` steps (equal in exact arithmetic,
+    without the cancellation error of the difference).
   """
   num_chains = jax.tree.leaves(batches)[0].shape[0]
   keys = jax.vmap(lambda c: jax.random.fold_in(rng, c))(jnp.arange(num_chains))
-  finals, aux = jax.vmap(sgd_chain, in_axes=(None, None, 0, 0, None))(objective, params, batches, keys,
-                                                                        alpha)
+  _, moved, aux = jax.vmap(_chain, in_axes=(None, None, 0, 0, None))(objective, params, batches, keys, alpha)
   w = jnp.ones((num_chains,), jnp.float32) if chain_mask is None else chain_mask.astype(jnp.float32)
   w = w / jnp.maximum(w.sum(), 1.0)
 
-  def direction(p, f):
-    wb = w.reshape((num_chains,) + (1,) * p.ndim).astype(p.dtype)
-    return jnp.sum(wb * (p[None] - f), axis=0)
+  def direction(m):
+    return jnp.tensordot(w.astype(m.dtype), m, axes=1)
 
-  return jax.tree.map(direction, params, finals), aux
+  return jax.tree.map(direction, moved), aux
 
 
 def outer_step(tx: optax.GradientTransformation, params: Params, direction: Params,
