@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import tempfile
 
 from absl.testing import absltest, parameterized
 import chex
@@ -341,7 +344,7 @@ class TrainTest(absltest.TestCase):
     self.assertEqual(set(res.histories), {"pretrain", "tp"})
     evals = [r for r in res.histories["tp"] if r["kind"] == "eval"]
     self.assertLen(evals, 2)
-    self.assertLen(res.epoch_seconds, 2)
+    self.assertLen(res.epoch_seconds["tp"], 2)
     pre = [r for r in res.histories["pretrain"] if r["kind"] == "eval"]
     self.assertLen(pre, 1)
     self.assertTrue(all(np.isfinite(r["valid/NDCG@10"]) for r in evals + pre))
@@ -351,6 +354,41 @@ class TrainTest(absltest.TestCase):
     scores = res.score_fn(res.params, {k: jnp.asarray(v[:2]) for k, v in valid_q.features.items()},
                           jnp.arange(5))
     self.assertEqual(scores.shape, (2, 5))
+
+
+class ExperimentTest(absltest.TestCase):
+
+  def test_binary_rows_segments_sweep_and_figures(self):
+    from experiments import registry as exp_registry  # pylint: disable=import-outside-toplevel
+    from experiments import tp as exp  # pylint: disable=import-outside-toplevel
+    # SumPooling and CFG's static config: the compiled updates of the tests above are reused.
+    opts = exp.Options(encoders=("sumpool",), dim=8, tp=dataclasses.replace(CFG, epochs=1), plain_epochs=1,
+                       sweep_k=(2,), sweep_encoder="sumpool", ks=(5, 10))
+    with tempfile.TemporaryDirectory() as d:
+      results, figs = exp.run_all(["synthetic:tiny"], opts, d, log=lambda m: None)
+      with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+      self.assertTrue(all(os.path.exists(p) for p in figs))
+    self.assertEqual([r["method"] for r in saved["rows"]], ["SumPooling", "SumPooling-TP"])
+    row = results["rows"][1]
+    for col in ("full HR@10", "sampled68 NDCG@10", "full new NDCG@10", "full existing/tail NDCG@10",
+                "epoch s", "subseq/s"):
+      self.assertIn(col, row)
+    self.assertIn("python -m experiments.tp --dataset=synthetic:tiny", row["command"])
+    self.assertIn("--config.encoders=", row["command"])
+    self.assertIn("sampled68 NDCG@10", exp.tables(results)[0].columns)  # 100 capped: tiny has 100 items
+    ev = results["datasets"]["synthetic:tiny"]["per_seed"][0][1]["eval"]["full"]
+    seg = ev["segments"]
+    self.assertEqual(seg["existing"]["count"] + seg["new"]["count"], ev["summary"]["num_queries"])
+    self.assertEqual(seg["new/head"]["count"] + seg["new/tail"]["count"], seg["new"]["count"])
+    self.assertLen(results["datasets"]["synthetic:tiny"]["sweeps"]["k"], 1)
+    self.assertLen(exp.tables(results), 3)
+    self.assertIsInstance(exp.EXPERIMENT, exp_registry.Experiment)
+    self.assertIn("quick", exp.EXPERIMENT.suites)
+    with self.assertRaisesRegex(fit_lib.ConfigError, "encoders"):
+      exp.Options(encoders=("mf-bpr",))
+    with self.assertRaisesRegex(fit_lib.ConfigError, "k must be >= 1"):
+      tp.TPConfig(k=0)
 
 
 if __name__ == "__main__":

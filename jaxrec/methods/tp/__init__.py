@@ -19,6 +19,7 @@ Usage::
 
     from jaxrec.methods import tp
     res = tp.train(tp.TPConfig(k=2, lam=0.1), "sasrec", split.train, valid_queries=valid_q)
+    base = tp.train_plain(tp.TPConfig(), "sasrec", split.train, epochs=10, valid_queries=valid_q)
     scores = res.score_fn(res.params, queries, items)        # the registry's ScoreFn
 """
 
@@ -27,10 +28,10 @@ from jaxrec.methods.tp.alignment import outer_direction, outer_step, sgd_chain
 from jaxrec.methods.tp.config import TPConfig
 from jaxrec.methods.tp.learner import TPState, outer_optimizer, tp_learner
 from jaxrec.methods.tp.tasks import TaskData, epoch_batches, head_users, prepare, steps_per_epoch
-from jaxrec.methods.tp.training import TPResult, build, history_len, plain_learner, train
+from jaxrec.methods.tp.training import TPResult, build, history_len, plain_learner, train, train_plain
 
 __all__ = [
     "Discriminator", "discriminator_bce", "inner_objective", "outer_direction", "outer_step", "sgd_chain",
     "TPConfig", "TPState", "outer_optimizer", "tp_learner", "TaskData", "epoch_batches", "head_users",
-    "prepare", "steps_per_epoch", "TPResult", "build", "history_len", "plain_learner", "train",
+    "prepare", "steps_per_epoch", "TPResult", "build", "history_len", "plain_learner", "train", "train_plain",
 ]

@@ -115,6 +115,14 @@ def num_tasks(data: TaskData, support: int, sampling: str) -> int:
   return int((-(-counts // support)).sum())
 
 
+def num_subsequences(data: TaskData, support: int, sampling: str) -> int:
+  """Real subsequences (targets) per epoch: ``sum_u min(n_u, S)`` (uniform) or every window (all)."""
+  if sampling == "all":
+    return int(data.rows.size)
+  counts = np.bincount(data.windows.user[data.rows], minlength=data.train.num_users)
+  return int(np.minimum(counts, support).sum())
+
+
 def steps_per_epoch(data: TaskData, num_chains: int, k: int, support: int, sampling: str) -> int:
   """Outer steps per epoch: ``ceil(tasks / (C k))``."""
   return -(-num_tasks(data, support, sampling) // (num_chains * k))
