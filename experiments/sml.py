@@ -1,0 +1,280 @@
+r"""SML (paper 003) against the shared retraining strategies, over periods.
+
+    python -m experiments.sml --dataset=synthetic:small --workdir=runs/sml \
+        --config.preset=yelp-like \
+        --config.strategies="('sml','fine-tune','retrain','retrain-warm','replay')"
+
+The log is cut into periods (:mod:`jaxrec.methods.sml.protocol`: ``yelp-like`` 40 equal-count periods,
+initial model on 0-9, validation 30-32, test 33-39; ``adressa-like``; ``quick``). One MF (``mf-log``
+without biases, Eq. 12-13) is trained on the initial periods; every strategy starts from it and streams
+the later periods through :func:`jaxrec.stream.loop.run`: period ``t+1`` is ranked by the model retrained
+after ``D_t`` before the strategy sees it. Strategies: SML and its variants (``sml``, ``sml-code``,
+``sml-cnn``, ``sml-fc``, ``sml-n``, ``sml-s``, ``sml-fp``; :mod:`jaxrec.methods.sml.config`, all built
+from ``--config.sml.*``) and the shared ones of :mod:`jaxrec.stream.strategies` (``fine-tune``,
+``retrain`` from scratch, ``retrain-warm`` = the authors' Full-retrain, ``replay`` = SPMF-style, built
+from ``--config.strategy.*``).
+
+Evaluation (Sec. 4.1.3): each interaction ranks its positive among 999 negatives drawn from the items
+seen so far minus the user's history (all of them when fewer remain), and under full ranking; Recall and
+NDCG @5/10/20 per period, averaged weighted by interactions over every validation / test period.
+Writes ``results.json`` (per-period records, the table, the config), ``recall10-test.png`` (Fig. 3),
+``time.png`` (update seconds per period, Table 2) and ``filters.png`` (SML's first-layer filters,
+Fig. 7). Hyper-parameters are not searched here: the validation averages are reported for that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from experiments import common, configs, plots
+from experiments.registry import Experiment, ExperimentResult, RunContext, Table
+from jaxrec.data import datasets
+from jaxrec.methods import sml
+from jaxrec.methods.sml import evaluate as sml_eval
+from jaxrec.methods.sml import protocol as protocol_lib
+from jaxrec.models import registry
+from jaxrec.stream import loop as loop_lib
+from jaxrec.stream import strategies as strategies_lib
+
+SHARED = ("fine-tune", "retrain", "retrain-warm", "replay")
+
+
+@dataclasses.dataclass(frozen=True)
+class SMLExperimentConfig:
+  """The binary's configuration (``--config.FIELD``).
+
+  Attributes:
+    preset: period protocol (:data:`jaxrec.methods.sml.protocol.PRESETS`).
+    strategies: SML variants and shared strategies to compare.
+    model: ``mf-log`` (or ``mf-bpr`` for its loss in the baselines); always without biases.
+    dim: embedding size (paper 64).
+    pretrain_epochs: epochs of the initial model on the initial periods.
+    eval_negatives: sampled negatives per interaction (paper 999).
+    full_ranking: also rank every item.
+    eval_train_periods: also evaluate the training periods (the figures then show them).
+    max_blocks: stream only the first blocks (0: all; for smoke runs).
+    checkpoint_every: blocks between checkpoints (Orbax; a rerun resumes).
+    sml: the SML strategies' configuration.
+    strategy: the shared strategies' configuration.
+  """
+
+  preset: str = "yelp-like"
+  strategies: tuple = ("sml",) + SHARED
+  model: str = "mf-log"
+  dim: int = 64
+  pretrain_epochs: int = 10
+  eval_negatives: int = 999
+  full_ranking: bool = True
+  eval_train_periods: bool = False
+  max_blocks: int = 0
+  checkpoint_every: int = 10
+  sml: sml.SMLConfig = sml.SMLConfig()
+  strategy: strategies_lib.StrategyConfig = strategies_lib.StrategyConfig(
+      steps=5, batch_size=1024, num_negatives=1, learning_rate=1e-2, retrain_epochs=10)
+
+
+METRICS = ("Recall@5", "Recall@10", "Recall@20", "NDCG@5", "NDCG@10", "NDCG@20")
+
+
+def _check(config: SMLExperimentConfig) -> None:
+  if config.preset not in protocol_lib.PRESETS:
+    raise ValueError(f"--config.preset={config.preset!r} is not a preset; presets: "
+                     f"{sorted(protocol_lib.PRESETS)}")
+  known = set(sml.VARIANTS) | set(strategies_lib.STRATEGIES)
+  unknown = [s for s in config.strategies if s not in known]
+  if unknown or not config.strategies:
+    raise ValueError(f"--config.strategies: unknown {unknown}; known: {sorted(known)}")
+  if config.model not in ("mf-log", "mf-bpr"):
+    raise ValueError(f"--config.model must be mf-log or mf-bpr (SML transfers MF tables), got "
+                     f"{config.model!r}")
+  for name, v in (("dim", config.dim), ("pretrain_epochs", config.pretrain_epochs),
+                  ("checkpoint_every", config.checkpoint_every)):
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f"--config.{name} must be an integer >= 1, got {v!r}")
+  if not isinstance(config.eval_negatives, int) or config.eval_negatives < 0:
+    raise ValueError(f"--config.eval_negatives must be an integer >= 0, got {config.eval_negatives!r}")
+
+
+def _sml_config(config: SMLExperimentConfig, name: str, first_test: int) -> sml.SMLConfig:
+  c = dataclasses.replace(config.sml, variant=name)
+  if name == "sml-s":  # the transfer is frozen during the test periods (Sec. 4.3)
+    c = dataclasses.replace(c, freeze_from=first_test)
+  return c
+
+
+def _avg(records: list, blocks: tuple, key: str) -> Optional[float]:
+  recs = [r for r in records if r["block"] in blocks and key in r]
+  return loop_lib.weighted_average(recs, key) if recs else None
+
+
+def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Optional[str] = None,
+        cache_dir: Optional[str] = None) -> dict:
+  """Trains the initial model once, streams every strategy; returns the results dict."""
+  _check(config)
+  log = datasets.load_dataset(dataset, seed=seed, cache_dir=cache_dir)
+  proto = protocol_lib.PRESETS[config.preset]
+  pb = protocol_lib.make_blocks(log, proto, pad_multiple=256)
+  data = pb.data
+  if config.max_blocks:
+    n = config.max_blocks
+    data = dataclasses.replace(data, starts=data.starts[:n], ends=data.ends[:n])
+  spec = registry.get(config.model)
+  module = spec.make(log.num_users, log.num_items, dim=config.dim, use_bias=False)
+  env = strategies_lib.Env(config.model, module, config.strategy, data)
+  init_key, pre_key, stream_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+  t0 = time.perf_counter()
+  params = strategies_lib.pretrain(env, strategies_lib.init_params(env, init_key), pre_key,
+                                   config.pretrain_epochs)
+  params = jax.block_until_ready(params)
+  pretrain_seconds = time.perf_counter() - t0
+  scored = None if config.eval_train_periods else pb.valid + pb.test
+  evaluator = sml_eval.PeriodEvaluator(spec.score_fn(module), data, num_negatives=config.eval_negatives,
+                                       seed=seed, full=config.full_ranking, blocks=scored)
+  streams, rows, states = {}, [], {}
+  sampled = f"sampled{config.eval_negatives}"
+  for name in config.strategies:
+    if name in sml.VARIANTS:
+      learner, jit = sml.learner(_sml_config(config, name, pb.test[0]), module, data.block_size), True
+    else:
+      d = strategies_lib.get(name)
+      learner, jit = d.make(env), d.jittable
+    state = learner.init(params, stream_key)
+    wd = os.path.join(workdir, "streams", name) if workdir else None
+    run_config = {"dataset": dataset, "seed": seed, "strategy": name,
+                  "config": {k: v for k, v in configs.to_dict(config).items()
+                             if k not in ("strategies", "checkpoint_every")}}
+    res = loop_lib.run(learner, state, data, evaluator, rng=stream_key, workdir=wd,
+                       config=loop_lib.StreamConfig(checkpoint_every=config.checkpoint_every, jit=jit),
+                       run_config=run_config)
+    streams[name] = res.records
+    states[name] = res.state
+    row = {"strategy": name}
+    for m in METRICS:
+      row[f"test {m}"] = _avg(res.records, pb.test, f"{sampled}/{m}")
+    row["valid Recall@20"] = _avg(res.records, pb.valid, f"{sampled}/Recall@20")
+    if config.full_ranking:
+      row["test full Recall@20"] = _avg(res.records, pb.test, "full/Recall@20")
+      row["test full NDCG@20"] = _avg(res.records, pb.test, "full/NDCG@20")
+    secs = [r["update_seconds"] for r in res.records]
+    row["update s/period (median)"] = float(np.median(secs[1:] if len(secs) > 1 else secs))
+    row["update s (last)"] = secs[-1]
+    rows.append(row)
+  filters = {n: np.asarray(s.theta["user"]["F1"]).tolist() for n, s in states.items()
+             if isinstance(s, sml.SMLState) and "F1" in s.theta["user"]}
+  return {"dataset": dataset, "seed": seed, "config": configs.to_dict(config), "preset": config.preset,
+          "blocks": {"train": list(pb.train), "valid": list(pb.valid), "test": list(pb.test)},
+          "num_blocks": len(data), "block_size": data.block_size, "offline_rows": data.offline_end,
+          "period_rows": data.sizes().tolist(), "pretrain_seconds": pretrain_seconds, "table": rows,
+          "streams": streams, "filters": filters}
+
+
+def figures(results: dict, workdir: str) -> list[str]:
+  """Recall@10 per test period (Fig. 3), update seconds per period (Table 2), SML's filters (Fig. 7)."""
+  sampled = f"sampled{results['config']['eval_negatives']}"
+  test = set(results["blocks"]["test"])
+  ds = datasets.short_name(results["dataset"])
+  key = f"{sampled}/Recall@10"
+  recall = {n: ([r["block"] for r in recs if r["block"] in test and key in r],
+                [r[key] for r in recs if r["block"] in test and key in r])
+            for n, recs in results["streams"].items()}
+  times = {n: ([r["block"] for r in recs], [r["update_seconds"] for r in recs])
+           for n, recs in results["streams"].items()}
+  out = [plots.line_plot(recall, os.path.join(workdir, "recall10-test.png"), xlabel="block (test period)",
+                         ylabel=f"Recall@10 ({sampled})", title=f"Recall@10 per test period, {ds}"),
+         plots.line_plot(times, os.path.join(workdir, "time.png"), xlabel="block", ylabel="update seconds",
+                         title=f"Retraining time per period, {ds}")]
+  if results["filters"]:
+    name, f1 = next(iter(results["filters"].items()))
+    f1 = np.asarray(f1)  # [n1, 3]: rows = filters, cols = (w_prev, w_hat, w_dot)
+    series = {f"filter {j}": ([0, 1, 2], f1[j].tolist()) for j in range(f1.shape[0])}
+    out.append(plots.line_plot(series, os.path.join(workdir, "filters.png"),
+                               xlabel="stack row (0 = w_prev, 1 = w_hat, 2 = w_dot)", ylabel="weight",
+                               title=f"First-layer filters of {name} (user transfer), {ds}"))
+  return out
+
+
+def command_for(dataset: str, seed: int, config: SMLExperimentConfig, workdir: str) -> str:
+  return common.command_line("experiments.sml", {
+      "dataset": dataset, "seed": seed, "workdir": workdir,
+      **configs.overrides(config, SMLExperimentConfig())})
+
+
+# -- the main job's entry ------------------------------------------------------------------------------
+
+QUICK_DATASET = "synthetic:small"
+
+
+def suite_config(suite_name: str) -> SMLExperimentConfig:
+  """quick: 20 periods, 3 repetitions, short baselines (<= ~60 s); full: the Yelp-like protocol, the
+  paper's 10 repetitions, every variant."""
+  if suite_name == "quick":
+    return SMLExperimentConfig(
+        preset="quick", pretrain_epochs=5, full_ranking=False,
+        sml=sml.SMLConfig(reps=3),
+        strategy=strategies_lib.StrategyConfig(steps=3, batch_size=1024, num_negatives=1,
+                                               learning_rate=1e-2, retrain_epochs=3))
+  return SMLExperimentConfig(strategies=("sml", "sml-code", "sml-cnn", "sml-fc", "sml-n", "sml-s",
+                                         "sml-fp") + SHARED)
+
+
+def _experiment(ctx: RunContext) -> ExperimentResult:
+  config = suite_config(ctx.suite)
+  res = run(config, QUICK_DATASET, seed=ctx.seed, workdir=ctx.workdir, cache_dir=ctx.cache_dir)
+  cmd = command_for(QUICK_DATASET, ctx.seed, config, "runs/sml")
+  rows = [dict(r, command=cmd) for r in res["table"]]
+  caption = (f"Preset {config.preset}: each period is ranked by the model retrained after the previous "
+             f"one, before anything learns from it; averages weighted by interactions over every "
+             f"test / validation period. Metrics: 1 positive + {config.eval_negatives} negatives from the "
+             "items seen so far minus the user's history. update s: seconds of one period's retraining.")
+  title = f"SML vs retraining strategies ({datasets.short_name(QUICK_DATASET)})"
+  return ExperimentResult(tables=[Table(title, common.table_columns(rows), rows, caption=caption)],
+                          figures=figures(res, ctx.workdir), results=res)
+
+
+EXPERIMENT = Experiment(name="sml", title="SML: sequential meta-learning for periodic retraining",
+                        run=_experiment, order=65)
+
+
+@common.friendly_errors
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  cfg = configs.value(_CONFIG)
+  workdir = FLAGS.workdir or "runs/sml"
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    results = run(cfg, FLAGS.dataset, seed=FLAGS.seed, workdir=workdir, cache_dir=FLAGS.cache_dir)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  results["command"] = common.this_command()
+  results["figures"] = figures(results, workdir)
+  path = common.write_results(workdir, results)
+  print(f"{results['num_blocks']} periods of <= {results['block_size']} rows after {results['offline_rows']} "
+        f"initial rows (initial model {results['pretrain_seconds']:.1f} s); test blocks "
+        f"{results['blocks']['test']}")
+  fmt = lambda v: "  n/a " if v is None else f"{v:.4f}"  # noqa: E731
+  for r in results["table"]:
+    print(f"{r['strategy']:13s} test Recall@20={fmt(r['test Recall@20'])} NDCG@20={fmt(r['test NDCG@20'])} "
+          f"valid Recall@20={fmt(r['valid Recall@20'])}  update {r['update s/period (median)']:.2f} s/period")
+  print(f"wrote {path}")
+
+
+def define_flags():
+  """Defines this binary's flags (only when run as a program, so modules import cleanly)."""
+  global _CONFIG  # pylint: disable=global-statement
+  common.define_data_flags("stream", None, ["stream"])
+  _CONFIG = configs.define(SMLExperimentConfig())
+
+
+_CONFIG = None
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

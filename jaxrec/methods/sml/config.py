@@ -1,0 +1,91 @@
+"""SML's hyper-parameters and variants (paper 003, Sec. 4.1.2 and 4.3; the authors' code).
+
+Defaults follow the paper where it fixes a value (filters ``[10, 5]``, FC 512, one negative per positive,
+Adam) and the authors' code where the paper leaves a grid (Step 1: Adam ``1e-2``, batch 1024; Step 2:
+Adam ``1e-3`` with weight decay ``1e-4``, batch 256; 10 repetitions, the Yelp setting).
+
+Variants (``variant``):
+
+* ``"sml"``: the paper's method (Eq. 4-11, Algorithms 1 and 2).
+* ``"sml-code"``: the authors' coded transfer: ``w_hat`` detached inside the product row, no epsilon,
+  the sigmoid GELU; the MF tables are set to the transfer output after each Step 1 (later repetitions
+  start Step 1 from it) and the Step-1 Adam state is never reset.
+* ``"sml-cnn"`` / ``"sml-fc"``: the transfer without its convolutions / without its FC layer.
+* ``"sml-n"``: Step 2 optimises ``L_s(Theta | D_t)`` instead of ``L_s(Theta | D_{t+1})``.
+* ``"sml-s"``: the transfer is not updated from block ``freeze_from`` on (the test periods).
+* ``"sml-fp"``: Step 1 learns ``W_hat`` on the MF loss of ``W_hat`` itself, not through the transfer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxrec.methods.sml import transfer
+from jaxrec.train.fit import ConfigError, check_fields
+
+VARIANTS = ("sml", "sml-code", "sml-cnn", "sml-fc", "sml-n", "sml-s", "sml-fp")
+
+
+@dataclasses.dataclass(frozen=True)
+class SMLConfig:
+  """Configuration of the SML strategy (static: every field is compiled into the update).
+
+  Attributes:
+    variant: one of :data:`VARIANTS`.
+    filters, hidden: the transfer's convolution filters ``(n1, n2)`` and FC size.
+    gelu, detach_hat, eps: transfer details (overridden by ``variant="sml-code"``).
+    reps: repetitions of (Step 2, Step 1) per period (Algorithm 2 line 3; paper grid 5..10).
+    step1_epochs, step1_batch, step1_lr: Step 1 (learning ``W_hat_t``, Eq. 8-9), lazy Adam.
+    l2: ``lambda_1`` of Eq. 8, on the batch rows of ``W_hat``.
+    step2_epochs, step2_batch, step2_lr, step2_weight_decay: Step 2 (learning ``Theta``, Eq. 10-11);
+      the weight decay is ``lambda_2`` (coupled L2, as ``torch.optim.Adam``).
+    num_negatives: uniform negatives per positive (Eq. 13: one).
+    freeze_from: ``sml-s``: first block (0-based) whose update leaves the transfer as it is.
+    hat_from_output, carry_step1_state: the authors' coded Step 1 (set by ``sml-code``).
+  """
+
+  variant: str = "sml"
+  filters: tuple = (10, 5)
+  hidden: int = 512
+  gelu: str = "erf"
+  detach_hat: bool = False
+  eps: float = 1e-15
+  reps: int = 10
+  step1_epochs: int = 1
+  step1_batch: int = 1024
+  step1_lr: float = 1e-2
+  l2: float = 1e-4
+  step2_epochs: int = 1
+  step2_batch: int = 256
+  step2_lr: float = 1e-3
+  step2_weight_decay: float = 1e-4
+  num_negatives: int = 1
+  freeze_from: int = 0
+  hat_from_output: bool = False
+  carry_step1_state: bool = False
+
+  def __post_init__(self):
+    check_fields(self, {
+        "variant": (VARIANTS, None, False), "hidden": ("int", 1, False),
+        "gelu": (transfer.GELUS, None, False), "eps": ("float", 0, False),
+        "reps": ("int", 0, False), "step1_epochs": ("int", 1, False), "step1_batch": ("int", 1, False),
+        "step1_lr": ("pos", 0, False), "l2": ("float", 0, False), "step2_epochs": ("int", 1, False),
+        "step2_batch": ("int", 1, False), "step2_lr": ("pos", 0, False),
+        "step2_weight_decay": ("float", 0, False), "num_negatives": ("int", 1, False),
+        "freeze_from": ("int", 0, False), "detach_hat": ("bool", None, False),
+        "hat_from_output": ("bool", None, False), "carry_step1_state": ("bool", None, False)})
+    if len(tuple(self.filters)) != 2 or min(self.filters) < 1:
+      raise ConfigError(type(self).__name__, "filters", f"must be two positive counts, got {self.filters}")
+
+  def resolved(self) -> "SMLConfig":
+    """The config with ``sml-code`` 's overrides applied (what the steps read)."""
+    if self.variant != "sml-code":
+      return self
+    return dataclasses.replace(self, gelu="sigmoid", detach_hat=True, eps=0.0, hat_from_output=True,
+                               carry_step1_state=True)
+
+  def transfer_config(self, dim: int) -> transfer.TransferConfig:
+    c = self.resolved()
+    return transfer.TransferConfig(dim=dim, filters=tuple(c.filters), hidden=c.hidden, gelu=c.gelu,
+                                   detach_hat=c.detach_hat, eps=c.eps, cnn=c.variant != "sml-cnn",
+                                   fc=c.variant != "sml-fc")
