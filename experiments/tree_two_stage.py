@@ -60,6 +60,9 @@ class Options:
     branch_sweep: branchings B of Figure 1 (empty: no sweep); each trains a retriever.
     sweep_beam, sweep_recall_at: Figure 1's beam width (100) and recall cut-off (20).
     full_ranker: also rank the whole catalogue with the TS ranker alone (P_rank(N), Corollary 4.2).
+    hts_equal_steps: give H-TS as many updates as TS (its epochs scaled by m / m', at most 50x): the
+      harmonized subset is smaller, and at equal epochs H-TS would also get fewer steps; False: equal
+      epochs. Both keep their best validation epoch.
   """
 
   t2s: t2s.TreeTwoStageConfig = t2s.TreeTwoStageConfig()
@@ -68,6 +71,7 @@ class Options:
   sweep_beam: int = 100
   sweep_recall_at: int = 20
   full_ranker: bool = True
+  hts_equal_steps: bool = True
 
   def __post_init__(self):
     for name in ("ks", "branch_sweep"):
@@ -78,7 +82,8 @@ class Options:
     if not self.ks:
       raise fit_lib.ConfigError("Options", "ks", "must hold at least one K")
     fit_lib.check_fields(self, {"sweep_beam": ("int", 1, False), "sweep_recall_at": ("int", 1, False),
-                                "full_ranker": ("bool", None, False)})
+                                "full_ranker": ("bool", None, False),
+                                "hts_equal_steps": ("bool", None, False)})
     if self.sweep_recall_at > self.sweep_beam:
       raise fit_lib.ConfigError("Options", "sweep_recall_at", f"must be <= sweep_beam ({self.sweep_beam}), "
                                 f"got {self.sweep_recall_at}")
@@ -196,7 +201,11 @@ def run_dataset(spec: str, opts: Options, *, seed: int = 0, workdir: Optional[st
 
   def ranker(name: str, windows: t2s.Windows, k: int):
     t1 = time.perf_counter()
-    rk, h = t2s.train_ranker(cfg, n, windows, name=name,
+    c = cfg
+    if opts.hts_equal_steps and len(windows) < len(s.windows):
+      scale = min(50.0, len(s.windows) / max(len(windows), 1))
+      c = dataclasses.replace(cfg, ranker_epochs=max(1, int(round(cfg.ranker_epochs * scale))))
+    rk, h = t2s.train_ranker(c, n, windows, name=name,
                              eval_fn=_ranker_eval(s, retrieved_valid[k], retriever), metric="valid_P@1",
                              workdir=_ckpt(ck, s.name, name))
     out["histories"][name] = h
