@@ -7,6 +7,9 @@ models of the paper are the same modules), then runs :func:`jaxrec.train.stages.
   binary cross-entropy loss (``"log"``) on every window, Adam (:func:`jaxrec.train.learner.gradient_learner`);
 * ``"tp"``: the TP learner (:mod:`.learner`) over the task batches of :mod:`.tasks`.
 
+:func:`train_plain` runs the first stage alone (as ``"plain"``): the paper's baselines, trained by the
+same code on the same windows, loss, negatives, validation candidates and clock.
+
 Each stage validates once per epoch (sampled ``valid_negatives`` candidates, drawn once, NDCG@10; keep
 best, early stopping with ``patience``), times its epochs (``train/epoch_seconds``: from the first batch
 to the epoch's last update, device included, validation excluded) and checkpoints into
