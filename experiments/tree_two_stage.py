@@ -320,14 +320,14 @@ def run_all(specs: Sequence[str], opts: Options, workdir: str, *, seed: int = 0,
 
 
 def suite_options(suite_name: str) -> Options:
-  """Quick: small MLP retriever and DIN, <= 6k windows, one epoch each (about a minute on 2 quiet cores
-  for both datasets). Full: the paper's sizes (dim 24, DIN 96 / [64, 16] / [200, 80]), more epochs and
+  """Quick: small MLP retriever and DIN, <= 4k windows, one epoch each, H-TS at equal epochs (a smoke
+  run, about a minute on 2 quiet cores for both datasets; its rankers get ~16 steps). Full: the paper's sizes (dim 24, DIN 96 / [64, 16] / [200, 80]), more epochs and
   Figure 1's sweep."""
   if suite_name == "quick":
     return Options(t2s=t2s.TreeTwoStageConfig(
         branching=4, scorer="mlp", mlp_hidden=(32, 16), retriever_negatives=24, retriever_epochs=1,
-        ranker_dim=24, ranker_attention=(16, 8), ranker_mlp=(32, 16), ranker_negatives=24, ranker_epochs=1,
-        batch_size=256, max_train_samples=4000), full_ranker=False)
+        ranker_dim=24, ranker_attention=(16,), ranker_mlp=(32, 16), ranker_negatives=20, ranker_epochs=1,
+        batch_size=256, max_train_samples=4000), full_ranker=False, hts_equal_steps=False)
   return Options(t2s=t2s.TreeTwoStageConfig(retriever_epochs=4, ranker_epochs=4, max_train_samples=60000),
                  branch_sweep=(2, 4, 8, 16, 32))
 
