@@ -321,8 +321,8 @@ def run_all(specs: Sequence[str], opts: Options, workdir: str, *, seed: int = 0,
 
 def suite_options(suite_name: str) -> Options:
   """Quick: small MLP retriever and DIN, <= 4k windows, one epoch each, H-TS at equal epochs (a smoke
-  run, about a minute on 2 quiet cores for both datasets; its rankers get ~16 steps). Full: the paper's sizes (dim 24, DIN 96 / [64, 16] / [200, 80]), more epochs and
-  Figure 1's sweep."""
+  run, about a minute on 2 quiet cores for both datasets; its rankers get ~16 steps). Full: the paper's
+  sizes (dim 24, DIN 96 / [64, 16] / [200, 80]), more epochs and Figure 1's sweep."""
   if suite_name == "quick":
     return Options(t2s=t2s.TreeTwoStageConfig(
         branching=4, scorer="mlp", mlp_hidden=(32, 16), retriever_negatives=24, retriever_epochs=1,
