@@ -34,6 +34,7 @@ Variants (one code path, :class:`MetaConfig` fields):
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -109,13 +110,18 @@ class MetaModel(nn.Module):
       if c.forget:
         self.f_x = nn.Dense(1, bias_init=nn.initializers.constant(c.forget_bias), name="f_x")
     if c.parameter:
-      self.role = [nn.Dense(h, name=f"role_{k}") for k in range(c.role_layers)]
+      # Layer 1 of Eq. 11 on [theta, pre(L), pre(grad)] (kernel rows in that order, theta's row only with
+      # param_value), written as a sum of its row blocks so the per-interaction loss part is computed once
+      # per interaction and no [pairs, 5] concatenation is built: the same linear map.
+      f_in = 4 + int(c.param_value)
+      self.role_kernel = self.param("role_0_kernel", nn.initializers.lecun_normal(), (f_in, h))
+      self.role_bias = self.param("role_0_bias", nn.initializers.zeros, (h,))
+      self.role = [nn.Dense(h, name=f"role_{k}") for k in range(1, c.role_layers)]
       # The bias of Eq. 12 lives on the h_x half unless there is no h_x (MeLON_P).
-      self.lr_t = nn.Dense(1, use_bias=not c.interaction,
-                           bias_init=nn.initializers.constant(c.rate_bias), name="lr_theta")
-      if c.forget:
-        self.f_t = nn.Dense(1, use_bias=not c.interaction,
-                            bias_init=nn.initializers.constant(c.forget_bias), name="f_theta")
+      out = 2 if c.forget else 1
+      bias = [c.rate_bias, c.forget_bias][:out]
+      self.head_t = nn.Dense(out, use_bias=not c.interaction,
+                             bias_init=lambda *_: jnp.asarray(bias, jnp.float32), name="head_theta")
 
   def _side(self, att, w, e_self, e_nbr, mask):
     """Eq. 8-9: ``e_self [B, D1]``, ``e_nbr [B, K, D2]``, ``mask [B, K]`` -> ``[B, H]``."""
@@ -155,15 +161,20 @@ class MetaModel(nn.Module):
       if c.forget:
         logit_f = logit_f + self.f_x(h_x)[:, 0].reshape((b,) + tail)
     if c.parameter:
-      feats = [preprocess(jnp.broadcast_to(loss.reshape((b,) + tail), grad.shape)), preprocess(grad)]
+      k = self.role_kernel
+      pl = preprocess(loss)  # [B, 2]
+      pg = preprocess(grad)  # [B, ..., 2]
+      per_x = (pl @ k[-4:-2] + self.role_bias).reshape((b,) + tail + (k.shape[1],))
+      h = per_x + pg[..., 0:1] * k[-2] + pg[..., 1:2] * k[-1]
       if c.param_value:
-        feats.insert(0, jnp.broadcast_to(theta, grad.shape)[..., None])
-      h = jnp.concatenate(feats, -1)
+        h = h + jnp.broadcast_to(theta, grad.shape)[..., None] * k[0]
+      h = nn.relu(h)
       for layer in self.role:
         h = nn.relu(layer(h))
-      logit_w = logit_w + self.lr_t(h)[..., 0]
+      out = self.head_t(h)
+      logit_w = logit_w + out[..., 0]
       if c.forget:
-        logit_f = logit_f + self.f_t(h)[..., 0]
+        logit_f = logit_f + out[..., 1]
     w = jax.nn.sigmoid(logit_w)
     f = jax.nn.sigmoid(logit_f) if c.forget else jnp.ones_like(w)
     return w, f
@@ -176,10 +187,19 @@ class MetaModel(nn.Module):
     return self.rates(h, theta, loss, grad)
 
 
-def init(config: MetaConfig, rng: jax.Array, user_dim: int, item_dim: int, k: int) -> dict:
-  """``{"params": ...}`` of :class:`MetaModel` for node embeddings of widths ``user_dim``/``item_dim``."""
+@functools.lru_cache(maxsize=None)
+def _jitted_init(config: MetaConfig, user_dim: int, item_dim: int, k: int):
   b = 2
   z = jnp.zeros
-  return dict(MetaModel(config).init(rng, z((b, user_dim)), z((b, item_dim)), z((b, k, item_dim)),
-                                     jnp.ones((b, k), bool), z((b, k, user_dim)), jnp.ones((b, k), bool),
-                                     z((b, 3)), z((b,)), z((b, 3))))
+
+  def f(rng):
+    return MetaModel(config).init(rng, z((b, user_dim)), z((b, item_dim)), z((b, k, item_dim)),
+                                  jnp.ones((b, k), bool), z((b, k, user_dim)), jnp.ones((b, k), bool),
+                                  z((b, 3)), z((b,)), z((b, 3)))
+  return jax.jit(f)
+
+
+def init(config: MetaConfig, rng: jax.Array, user_dim: int, item_dim: int, k: int) -> dict:
+  """``{"params": ...}`` of :class:`MetaModel` for node embeddings of widths ``user_dim``/``item_dim``
+  (jitted, compiled once per configuration)."""
+  return dict(_jitted_init(config, user_dim, item_dim, k)(rng))

@@ -157,7 +157,7 @@ def batch_loss(loss_fn: Callable, inv: Involved) -> jax.Array:
 def _counts(idx: jax.Array, mask: jax.Array) -> jax.Array:
   """For each flat entry: how many real entries share its index (>= 1 on real entries)."""
   same = (idx[:, None] == idx[None, :]) & mask[None, :]
-  return jnp.maximum(same.sum(1), 1).astype(jnp.float32)
+  return jnp.maximum(same.sum(1), 1)
 
 
 def _flat(idx, mask, delta):
@@ -170,7 +170,7 @@ def _flat(idx, mask, delta):
 def _mean_deltas(idx, mask, delta):
   """Per flat entry, its delta divided by the count of its index (zero on padding)."""
   fi, fm, fd = _flat(idx, mask, delta)
-  scale = jnp.where(fm, 1.0 / _counts(fi, fm), 0.0)
+  scale = jnp.where(fm, 1.0 / _counts(fi, fm).astype(delta.dtype), 0.0)
   return fi, fm, fd * scale[:, None]
 
 

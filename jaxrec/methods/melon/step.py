@@ -45,6 +45,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrec.methods.melon import history as history_lib
@@ -145,10 +146,21 @@ def deltas(cfg: StepConfig, meta, inv: rows.Involved, ps: rows.PerSample, h_x: j
     rates.append((w, f))
     return (1.0 - f) * theta + w * grad
 
-  user = {p: one(inv.user[p], g, rows.row_mean(inv.user_idx[:, None], inv.mask, g) if param_level else g)
-          for p, g in ps.user.items()}
-  item = {p: one(inv.item[p], g, rows.row_mean(inv.item_idx, inv.mask, g) if param_level else g)
-          for p, g in ps.item.items()}
+  def kind(theta_rows: dict, grad_rows: dict, idx):
+    """All leaves of one kind as one ``[B, K, F]`` matrix (one role-MLP call), split back after."""
+    paths = sorted(grad_rows)
+    if not paths:
+      return {}
+    lead = idx.shape
+    sizes = [int(np.prod(grad_rows[p].shape[2:])) for p in paths]
+    cat = lambda d: jnp.concatenate([d[p].reshape(lead + (-1,)) for p in paths], -1)  # noqa: E731
+    theta, grad = cat(theta_rows), cat(grad_rows)
+    delta = one(theta, grad, rows.row_mean(idx, inv.mask, grad) if param_level else grad)
+    parts = jnp.split(delta, np.cumsum(sizes)[:-1], axis=-1)
+    return {p: x.reshape(grad_rows[p].shape) for p, x in zip(paths, parts)}
+
+  user = kind(inv.user, ps.user, inv.user_idx[:, None])
+  item = kind(inv.item, ps.item, inv.item_idx)
   dense = {}
   mode = _dense_mode(cfg, inv.dense)
   n = jnp.maximum(m.sum(), 1.0)
