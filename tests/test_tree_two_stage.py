@@ -99,6 +99,17 @@ def test_pair_unit_equals_concatenated_inputs():
     np.testing.assert_allclose(jax.jit(unit.apply)(p, q, h), want, rtol=1e-5, atol=1e-5)
 
 
+def test_rebuilt_tree_keeps_every_items_leaf_vector():
+  r = _retriever("linear", num_items=30, branching=3)
+  leaf = retriever_lib.leaf_vectors(r.params, r.tree)
+  new = tree_lib.build_balanced_kmeans(leaf, 3, seed=1)
+  moved = retriever_lib.with_tree(r.params, r.tree, new)
+  np.testing.assert_allclose(retriever_lib.leaf_vectors(moved, new), leaf, rtol=1e-6)
+  nodes = np.asarray(moved["params"]["node_emb"]["embedding"])
+  np.testing.assert_allclose(nodes[0], leaf.mean(0), rtol=1e-5, atol=1e-6)  # the root: mean of all items
+  assert np.asarray(r.params["params"]["node_emb"]["embedding"]).shape == nodes.shape
+
+
 def test_window_ids_newest_first():
   ids = t2s.window_ids()
   assert ids.shape == (69,) and list(ids[-3:]) == [2, 1, 0]
