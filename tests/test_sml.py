@@ -188,6 +188,19 @@ def test_step1_gradient_matches_finite_differences_and_eq_9():
   assert float(jnp.abs(g["item"][3]).max()) == 0.0
 
 
+def test_transfer_untouched_false_keeps_rows_step1_never_moved():
+  cfg = _tcfg()
+  theta, prev = _theta(cfg), _tables(0)
+  hat = dict(prev, user=prev["user"].at[2].add(0.1))  # only user 2 moved
+  fn = jax.jit(steps.transfer_tables, static_argnums=(3, 4))
+  keep, every = fn(theta, prev, hat, cfg, False), fn(theta, prev, hat, cfg, True)
+  others = np.arange(6) != 2
+  np.testing.assert_array_equal(np.asarray(keep["user"])[others], np.asarray(prev["user"])[others])
+  np.testing.assert_array_equal(keep["item"], prev["item"])
+  np.testing.assert_allclose(keep["user"][2], every["user"][2])
+  assert not np.allclose(every["user"][0], prev["user"][0])  # the paper's default transfers every row
+
+
 class StepVariantsTest(chex.TestCase):
   """Step 1 and Step 2 under jit and without it agree with a direct call."""
 
@@ -299,7 +312,7 @@ def test_variants_run_and_sml_s_freezes_the_transfer(tiny_stream):
   pb, module, params = tiny_stream
   data = pb.data
   thetas = {}
-  for v in ("sml-s", "sml-fp"):
+  for v in ("sml-s",):
     cfg = _cfg(variant=v, freeze_from=2, reps=1)
     learner = sml.learner(cfg, module, data.block_size)
     state = learner.init(params, jax.random.PRNGKey(1))

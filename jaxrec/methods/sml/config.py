@@ -42,6 +42,8 @@ class SMLConfig:
     num_negatives: uniform negatives per positive (Eq. 13: one).
     freeze_from: ``sml-s``: first block (0-based) whose update leaves the transfer as it is.
     hat_from_output, carry_step1_state: the authors' coded Step 1 (set by ``sml-code``).
+    transfer_untouched: pass every row through the transfer (paper, authors' code); False: rows that
+      no Step 1 of the period moved keep ``W_{t-1}`` (ours, for periods that touch few rows).
   """
 
   variant: str = "sml"
@@ -63,6 +65,7 @@ class SMLConfig:
   freeze_from: int = 0
   hat_from_output: bool = False
   carry_step1_state: bool = False
+  transfer_untouched: bool = True
 
   def __post_init__(self):
     check_fields(self, {
@@ -73,7 +76,8 @@ class SMLConfig:
         "step2_batch": ("int", 1, False), "step2_lr": ("pos", 0, False),
         "step2_weight_decay": ("float", 0, False), "num_negatives": ("int", 1, False),
         "freeze_from": ("int", 0, False), "detach_hat": ("bool", None, False),
-        "hat_from_output": ("bool", None, False), "carry_step1_state": ("bool", None, False)})
+        "hat_from_output": ("bool", None, False), "carry_step1_state": ("bool", None, False),
+        "transfer_untouched": ("bool", None, False)})
     if len(tuple(self.filters)) != 2 or min(self.filters) < 1:
       raise ConfigError(type(self).__name__, "filters", f"must be two positive counts, got {self.filters}")
 

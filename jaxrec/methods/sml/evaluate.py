@@ -12,7 +12,8 @@ terminates). Recall@K is the hit of the single positive and NDCG@K ``1 / log2(ra
 :class:`PeriodEvaluator` is an ``evaluate_fn(params, t)`` for :func:`jaxrec.stream.loop.run`: it reads
 rows before block ``t`` (history, seen items) and block ``t`` itself (the queries), never later rows.
 Candidates of block ``t`` are drawn from ``SeedSequence([seed, first row of the block])``, so every
-strategy ranks the same ones, also when its stream starts at another period. Blocks outside ``blocks`` (e.g. SML's training periods) return ``{}`` to save time.
+strategy ranks the same ones, also when its stream starts at another period. Blocks outside ``blocks``
+(e.g. SML's training periods) return ``{}`` to save time.
 """
 
 from __future__ import annotations

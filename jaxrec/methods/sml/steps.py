@@ -68,23 +68,35 @@ def lazy_adam(tables: Tables, grads: Tables, state: LazyAdamState, touched: dict
   return new_t, LazyAdamState(mu=new_mu, nu=new_nu, count=count)
 
 
+def _keep_untouched(out: jax.Array, prev_rows: jax.Array, hat_rows: jax.Array) -> jax.Array:
+  """``out`` where Step 1 moved the row (``hat != prev``), ``prev`` where it did not."""
+  moved = jnp.any(hat_rows != prev_rows, axis=-1, keepdims=True)
+  return jnp.where(moved, out, prev_rows)
+
+
 def group_rows(theta: dict, prev: Tables, hat: Tables, group: str, idx: jax.Array,
-               tconfig: transfer.TransferConfig, direct: bool = False) -> jax.Array:
-  """Rows ``idx`` (any shape) of group ``group`` of the model ``f_Theta(prev, hat)`` (or ``hat``)."""
+               tconfig: transfer.TransferConfig, direct: bool = False,
+               transfer_untouched: bool = True) -> jax.Array:
+  """Rows ``idx`` (any shape) of group ``group`` of the model ``f_Theta(prev, hat)`` (or ``hat``);
+  ``transfer_untouched=False``: rows that Step 1 never moved stay ``prev``."""
   flat = idx.reshape(-1)
   if direct:
     out = hat[group][flat]
   else:
-    out = transfer.apply_rows(theta[group], prev[group][flat], hat[group][flat], tconfig)
+    p, h = prev[group][flat], hat[group][flat]
+    out = transfer.apply_rows(theta[group], p, h, tconfig)
+    if not transfer_untouched:
+      out = _keep_untouched(out, p, h)
   return out.reshape(idx.shape + (out.shape[-1],))
 
 
 def mf_log_loss(theta: dict, prev: Tables, hat: Tables, batch: dict, tconfig: transfer.TransferConfig,
-                direct: bool = False) -> jax.Array:
+                direct: bool = False, transfer_untouched: bool = True) -> jax.Array:
   """Eq. 13 (averaged over real rows) of the model ``f_Theta(prev, hat)`` on ``batch``."""
-  u = group_rows(theta, prev, hat, "user", batch["user"], tconfig, direct)
-  i = group_rows(theta, prev, hat, "item", batch["positive"], tconfig, direct)
-  j = group_rows(theta, prev, hat, "item", batch["negatives"], tconfig, direct)
+  rows = lambda g, idx: group_rows(theta, prev, hat, g, idx, tconfig, direct, transfer_untouched)  # noqa: E731
+  u = rows("user", batch["user"])
+  i = rows("item", batch["positive"])
+  j = rows("item", batch["negatives"])
   pos = jnp.sum(u * i, -1)
   neg = jnp.einsum("bd,bnd->bn", u, j)
   return losses.log_loss(pos, neg, batch["mask"])
@@ -119,24 +131,30 @@ def step1(hat: Tables, opt: LazyAdamState, prev: Tables, theta: dict, batch: dic
   return hat, opt, loss
 
 
-def step2_loss(theta: dict, prev: Tables, hat: Tables, batch: dict,
-               tconfig: transfer.TransferConfig) -> jax.Array:
+def step2_loss(theta: dict, prev: Tables, hat: Tables, batch: dict, tconfig: transfer.TransferConfig,
+               transfer_untouched: bool = True) -> jax.Array:
   """Eq. 10 without ``lambda_2`` (the optimizer's weight decay); ``prev`` and ``hat`` are constants."""
   prev, hat = jax.lax.stop_gradient((prev, hat))
-  return mf_log_loss(theta, prev, hat, batch, tconfig)
+  return mf_log_loss(theta, prev, hat, batch, tconfig, transfer_untouched=transfer_untouched)
 
 
 def step2(theta: dict, opt: optax.OptState, prev: Tables, hat: Tables, batch: dict, *,
-          tconfig: transfer.TransferConfig, tx: optax.GradientTransformation):
+          tconfig: transfer.TransferConfig, tx: optax.GradientTransformation,
+          transfer_untouched: bool = True):
   """One Step-2 update of ``theta`` (Eq. 11, first order); returns ``(theta, opt, loss)``."""
-  loss, grads = jax.value_and_grad(step2_loss)(theta, prev, hat, batch, tconfig)
+  loss, grads = jax.value_and_grad(step2_loss)(theta, prev, hat, batch, tconfig, transfer_untouched)
   updates, opt = tx.update(grads, opt, theta)
   return optax.apply_updates(theta, updates), opt, loss
 
 
-def transfer_tables(theta: dict, prev: Tables, hat: Tables, tconfig: transfer.TransferConfig) -> Tables:
-  """``W = f_Theta(W_prev, W_hat)`` over every row of both groups (Eq. 3, Algorithm 1 line 11)."""
-  return {k: transfer.apply_rows(theta[k], prev[k], hat[k], tconfig) for k in prev}
+def transfer_tables(theta: dict, prev: Tables, hat: Tables, tconfig: transfer.TransferConfig,
+                    transfer_untouched: bool = True) -> Tables:
+  """``W = f_Theta(W_prev, W_hat)`` over every row of both groups (Eq. 3, Algorithm 1 line 11);
+  ``transfer_untouched=False`` keeps ``W_prev`` on rows that Step 1 never moved."""
+  out = {k: transfer.apply_rows(theta[k], prev[k], hat[k], tconfig) for k in prev}
+  if not transfer_untouched:
+    out = {k: _keep_untouched(out[k], prev[k], hat[k]) for k in out}
+  return out
 
 
 def epochs(step: Callable, carry, rows: dict, rng: jax.Array, num_epochs: int, batch_size: int,

@@ -98,6 +98,8 @@ def make_update(config: SMLConfig, dim: int, num_users: int, num_items: int):
   tcfg = c.transfer_config(dim)
   tx = step2_tx(c)
   direct = c.variant == "sml-fp"
+  keep = c.transfer_untouched
+  tables = lambda theta, prev, hat: steps.transfer_tables(theta, prev, hat, tcfg, keep)  # noqa: E731
 
   def step1_epochs(hat, opt, prev, theta, rows, rng):
     def step(carry, batch):
@@ -111,7 +113,7 @@ def make_update(config: SMLConfig, dim: int, num_users: int, num_items: int):
   def step2_epochs(theta, opt, prev, hat, rows, rng):
     def step(carry, batch):
       th, o = carry
-      th, o, loss = steps.step2(th, o, prev, hat, batch, tconfig=tcfg, tx=tx)
+      th, o, loss = steps.step2(th, o, prev, hat, batch, tconfig=tcfg, tx=tx, transfer_untouched=keep)
       return (th, o), loss
     (theta, opt), loss = steps.epochs(step, (theta, opt), rows, rng, c.step2_epochs, c.step2_batch,
                                       num_items, c.num_negatives)
@@ -132,13 +134,13 @@ def make_update(config: SMLConfig, dim: int, num_users: int, num_items: int):
         theta, theta_opt, l2_ = step2_epochs(theta, theta_opt, state.prev, hat, meta_rows, k2)
         hat, hat_opt, l1_ = step1_epochs(hat, hat_opt, state.prev, theta, old, k1)
         if c.hat_from_output:  # the authors' code: the tables become the transfer output
-          hat = steps.transfer_tables(theta, state.prev, hat, tcfg)
+          hat = tables(theta, state.prev, hat)
         return (theta, theta_opt, hat, hat_opt), (l2_, l1_)
 
       carry, (l2s, l1s) = jax.lax.scan(rep, (theta, theta_opt, hat, hat_opt), jnp.arange(c.reps))
       theta, theta_opt, hat, hat_opt = carry
       theta, theta_opt, l2_ = step2_epochs(theta, theta_opt, state.prev, hat, meta_rows, last_key)
-      served = steps.transfer_tables(theta, state.prev, hat, tcfg)
+      served = tables(theta, state.prev, hat)
       meta_loss = (jnp.sum(l2s) + l2_) / (c.reps + 1)
       step1_loss = jnp.mean(l1s) if c.reps else jnp.float32(0.0)
       return theta, theta_opt, served, hat_opt, meta_loss, step1_loss
@@ -155,7 +157,7 @@ def make_update(config: SMLConfig, dim: int, num_users: int, num_items: int):
     # Algorithm 2 lines 8-9: the next task's W_hat, from W_t, through f(W_t, .)
     hat_opt = hat_opt if c.carry_step1_state else steps.lazy_adam_init(w_t)
     hat, hat_opt, new_loss = step1_epochs(w_t, hat_opt, w_t, theta, new, new_key)
-    served = steps.transfer_tables(theta, w_t, hat, tcfg)
+    served = tables(theta, w_t, hat)
     out = SMLState(prev=w_t, hat=hat, served=served, hat_opt=hat_opt, theta=theta, theta_opt=theta_opt,
                    last=new, blocks=state.blocks + 1)
     return out, {"loss": new_loss, "meta_loss": meta_loss, "rep_step1_loss": rep_step1,
