@@ -246,6 +246,19 @@ def test_error_decomposition_identity_and_corollary():
   assert dec["corollary_condition"] == dec["two_stage_beats_ranker"]  # Corollary 4.2 is an iff
 
 
+def test_corollary_boundary_case_is_not_split_by_rounding():
+  # Seen in a run: 66 users, 60 retrieved, 6 right at rank 1, the ranker alone also 6 right: P_two =
+  # P_rank(N) and P_ret = threshold exactly, which float32/64 arithmetic put on opposite sides.
+  import types  # pylint: disable=import-outside-toplevel
+  res = lambda **pq: types.SimpleNamespace(per_query=pq, ranks=np.ones(66, np.int64))
+  in_b = np.arange(66) < 60
+  hit = np.arange(66) < 6
+  dec = t2s.error_decomposition(res(**{"HR@40": in_b.astype(float)}), res(**{"HR@1": hit.astype(float)}), 40,
+                                res(**{"HR@1": hit.astype(float)}))
+  assert dec["P_two_stage"] == dec["P_rank_full"]
+  assert dec["two_stage_beats_ranker"] and dec["corollary_condition"]
+
+
 def test_config_errors_name_the_field():
   with pytest.raises(fit.ConfigError, match="scorer"):
     t2s.TreeTwoStageConfig(scorer="transformer")

@@ -288,8 +288,9 @@ def error_decomposition(retrieved: protocols_lib.EvalResult, two_stage: protocol
   if full_ranker is not None:
     p_n = float(1 - (full_ranker.per_query["HR@1"] > 0).mean())
     thr = (p_n - p_rank) / (1 - p_rank) if p_rank < 1 else float("-inf")
-    out.update(P_rank_full=p_n, corollary_threshold=thr, two_stage_beats_ranker=p_two <= p_n,
-               corollary_condition=p_ret <= thr)
+    tol = 1e-12  # both sides of the iff are equalities in the boundary case (P_two = P_rank(N))
+    out.update(P_rank_full=p_n, corollary_threshold=thr, two_stage_beats_ranker=p_two <= p_n + tol,
+               corollary_condition=p_ret <= thr + tol)
   return out
 
 
