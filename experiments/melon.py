@@ -27,6 +27,7 @@ HR@5 there); one seed per command (``--seed``; Table 2's five seeds are five com
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -150,7 +151,7 @@ def run(config: MelonExperimentConfig, dataset: str, *, seed: int = 0, workdir: 
   everything = Queries.from_log(log, [log])
   negatives = fit_lib.capped_negatives(everything, log.num_items, config.eval_negatives, "melon")
   sampled = f"sampled{negatives}"
-  rows, streams, tests = [], {}, {}
+  rows, streams, tests, lr_stats = [], {}, {}, {}
   for model in config.models:
     spec = registry.get(model)
     module = spec.make(log.num_users, log.num_items, **HPARAMS[model])
@@ -177,6 +178,8 @@ def run(config: MelonExperimentConfig, dataset: str, *, seed: int = 0, workdir: 
                          run_config=run_config)
       recs = res.records
       streams[model][name] = recs
+      if name == "melon" and workdir:
+        lr_stats[model] = lr_matrix(env, config, res.state, data, workdir, model)
       row = {"model": model, "strategy": name}
       for k in KS:
         row[f"HR@{k}"] = batch_mean(recs, f"{sampled}/HR@{k}")
@@ -200,7 +203,44 @@ def run(config: MelonExperimentConfig, dataset: str, *, seed: int = 0, workdir: 
   return {"dataset": dataset, "seed": seed, "config": configs.to_dict(config), "eval_negatives": negatives,
           "num_users": log.num_users, "num_items": log.num_items, "interactions": len(log),
           "num_blocks": len(data), "block_size": data.block_size, "offline_rows": data.offline_end,
-          "stream_rows": int(data.sizes().sum()), "table": rows, "paired_t": tests, "streams": streams}
+          "stream_rows": int(data.sizes().sum()), "table": rows, "paired_t": tests, "lr_matrix": lr_stats,
+          "streams": streams}
+
+
+def lr_matrix(env, config: MelonExperimentConfig, state, data, workdir: str, model: str) -> dict:
+  """Fig. 4: MeLON's learning rates of the last online batch's (interaction, parameter) pairs (user row
+  and positive item row), at the end of the stream; saved as ``lr-matrix-MODEL.npy``. Returns its mean,
+  spread and the singular-value ratio ``s2 / s1`` (0 for a rank-1, one-directional matrix)."""
+  cfg = melon_lib.strategy.step_config(env, config.melon)
+  t = len(data) - 1
+  block = {k: jax.numpy.asarray(v) for k, v in data.block(t).items() if k != "end"}
+  w = np.asarray(jax.jit(functools.partial(melon_lib.step.learning_rate_matrix, cfg))(
+      state, block, jax.random.PRNGKey(0)))[np.asarray(block["mask"])]
+  np.save(os.path.join(workdir, f"lr-matrix-{model}.npy"), w)
+  s = np.linalg.svd(w, compute_uv=False)
+  return {"batch": t, "shape": list(w.shape), "mean": float(w.mean()), "std": float(w.std()),
+          "row_mean_std": float(w.mean(1).std()), "col_mean_std": float(w.mean(0).std()),
+          "s2_over_s1": float(s[1] / s[0]) if len(s) > 1 and s[0] > 0 else 0.0}
+
+
+def _lr_figure(path_npy: str, path_png: str, title: str) -> str:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  w = np.load(path_npy)
+  fig, axes = plt.subplots(2, 2, figsize=(8, 6),
+                           gridspec_kw={"width_ratios": [20, 1], "height_ratios": [1, 8]})
+  axes[0, 0].plot(w.mean(0))
+  axes[0, 0].set_title(title, fontsize=9)
+  axes[0, 0].set_xlim(0, w.shape[1] - 1)
+  axes[0, 1].axis("off")
+  im = axes[1, 0].imshow(w, aspect="auto", cmap="viridis", interpolation="nearest")
+  axes[1, 0].set_xlabel("parameter (user row | positive item row)")
+  axes[1, 0].set_ylabel("interaction")
+  axes[1, 1].plot(w.mean(1), np.arange(w.shape[0]))
+  axes[1, 1].invert_yaxis()
+  fig.colorbar(im, ax=axes[1, 0])
+  return plots.save(fig, path_png)
 
 
 def figures(results: dict, workdir: str) -> list[str]:
@@ -216,6 +256,10 @@ def figures(results: dict, workdir: str) -> list[str]:
                                ylabel=f"NDCG@10 ({sampled})", title=f"Per-batch NDCG@10, {model}, {ds}"))
     out.append(plots.line_plot(times, os.path.join(workdir, f"time-{model}.png"), xlabel="online batch",
                                ylabel="update seconds", title=f"Update time per batch, {model}, {ds}"))
+    npy = os.path.join(workdir, f"lr-matrix-{model}.npy")
+    if os.path.exists(npy):
+      out.append(_lr_figure(npy, os.path.join(workdir, f"lr-matrix-{model}.png"),
+                            f"MeLON learning rates, last online batch, {model}, {ds} (top/right: means)"))
   return out
 
 

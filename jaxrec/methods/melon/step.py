@@ -287,3 +287,29 @@ def init_state(cfg: StepConfig, params, rng: jax.Array, num_neighbours: int) -> 
   return MelonState(params=params, meta=meta, meta_opt=cfg.tx().init(meta),
                     history=history_lib.empty(cfg.module.num_users, cfg.module.num_items, num_neighbours),
                     step=jnp.zeros((), jnp.int32))
+
+
+def learning_rate_matrix(cfg: StepConfig, state: MelonState, batch: dict, rng: jax.Array) -> jax.Array:
+  """Fig. 4's learning-rate matrix ``W^2D`` of one mini-batch: ``[B, Du + Di]``, the rate ``w`` of every
+  (interaction, parameter) pair for the parameters of the interaction's user row and positive item row
+  (all their leaves concatenated), as :func:`online_step` would use them at ``state``."""
+  params = state.params
+  roles = rows.leaf_roles(params)
+  loss_fn = rows.local_loss(cfg.module, cfg.loss)
+  b = batch["user"].shape[0]
+  inv = rows.gather(params, roles, batch["user"], batch["positive"],
+                    _negatives(rng, b, cfg.module.num_items, cfg.num_negatives), batch["mask"])
+  ps = rows.per_sample(loss_fn, inv)
+  h = interaction_repr(cfg, state.meta, params, roles, state.history, inv)
+  model = meta_lib.MetaModel(cfg.meta)
+  m = inv.mask.astype(jnp.float32)
+  mean_loss = jnp.sum(ps.loss * m) / jnp.maximum(m.sum(), 1.0)
+  loss_in = jnp.broadcast_to(mean_loss, ps.loss.shape) if cfg.meta.batch_mean_loss else ps.loss
+  out = []
+  for theta_rows, grad_rows in ((inv.user, ps.user), (inv.item, ps.item)):
+    for p in sorted(grad_rows):  # slot 0: the user's row, the positive item's row
+      theta = theta_rows[p][:, 0].reshape(b, -1)
+      grad = grad_rows[p][:, 0].reshape(b, -1)
+      w, _ = model.apply(state.meta, h, theta, loss_in, grad, method=model.rates)
+      out.append(w)
+  return jnp.concatenate(out, axis=1)
