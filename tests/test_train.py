@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import time
+import types
 
 import chex
 
@@ -211,18 +212,20 @@ def test_keep_best_and_early_stopping(tmp_path):
     assert meta["loop"]["best_step"] == 4 and meta["loop"]["bad_evals"] == 0
 
 
-def test_time_limit_stops_at_the_first_evaluation_past_it():
-  clock = iter([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-  slow = [0]
+def test_time_limit_stops_at_the_first_evaluation_past_it(monkeypatch):
+  # The loop's clock is replaced by one that moves only when an evaluation runs (0.2 s each), so the
+  # test does not depend on compile times or the machine's load.
+  clock = [0.0]
+  fake_time = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+  fake_time.perf_counter = lambda: clock[0]
+  monkeypatch.setattr(loop_lib, "time", fake_time)
 
   def eval_fn(params):
     del params
-    slow[0] += 1
-    if slow[0] == 2:  # the second evaluation is where the run has spent its budget
-      time.sleep(0.3)
-    return {"auc": next(clock)}
+    clock[0] += 0.2
+    return {"auc": clock[0]}
 
-  cfg = _cfg(num_epochs=10, eval_every=2, eval_at_epoch_end=False, metric="auc", time_limit=0.25)
+  cfg = _cfg(num_epochs=10, eval_every=2, eval_at_epoch_end=False, metric="auc", time_limit=0.3)
   _, history = loop_lib.train(cfg, LEARNER, _init(0), _batches_fn(0), eval_fn, None, rng=jax.random.key(0))
   evals = [r for r in history if r["kind"] == "eval"]
   assert len(evals) == 2 and evals[-1]["stopped"] == "time_limit" and "stopped" not in evals[0]
