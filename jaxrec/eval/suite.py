@@ -35,7 +35,8 @@ def evaluate_all(score_fn, params, queries: Queries, num_items: int,
     params: the parameters it scores with.
     queries: evaluation queries.
     num_items: size of the item index space.
-    protocols: ``{name: protocol}`` (e.g. ``paper_protocols.get(name).rankings()``, then :func:`freeze_protocols`).
+    protocols: ``{name: protocol}`` (e.g. ``paper_protocols.get(name).rankings()``, then
+      :func:`freeze_protocols`).
     train_counts: training interactions per user; enables activity-bucket and head/tail breakdowns.
     new_users: bool ``[num_users]`` mask of users unseen in training; enables existing/new breakdown.
     activity_edges: bucket edges for the activity breakdown (default: quantile-free fixed edges).

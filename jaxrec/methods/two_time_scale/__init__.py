@@ -32,8 +32,8 @@ from jaxrec.methods.two_time_scale.batches import (
     STAGES, TwoTimeScaleData, bucket_width, length_buckets, prepare_training_data, stage_batches,
     steps_per_epoch)
 from jaxrec.methods.two_time_scale.model import (
-    CELLS, GROUP_KEYS, STAGE1_KEYS, STAGE2_STEPS, VARIANTS, FeatureNet, TwoTimeScaleConfig, cell_step, group_rollout, init_params,
-    item_table, item_vectors, rollout, table_scores, trainable_keys)
+    CELLS, GROUP_KEYS, STAGE1_KEYS, STAGE2_STEPS, VARIANTS, FeatureNet, TwoTimeScaleConfig, cell_step,
+    group_rollout, init_params, item_table, item_vectors, rollout, table_scores, trainable_keys)
 from jaxrec.methods.two_time_scale.rollout import (
     EvalQueries, EvalSequences, eval_query_vectors, eval_rollout, padded_steps, prepare_eval_sequences,
     user_states)
