@@ -214,3 +214,15 @@ def table_columns(rows: Sequence[dict]) -> list[str]:
   for r in rows:
     cols += [k for k in r if k not in cols]
   return cols
+
+
+def print_tables(tables) -> None:
+  """Prints report tables to stdout for a binary's run: ``## title``, the columns, one line per row
+  (floats to 4 places, missing cells empty; the ``command`` column is left out: ``results.json`` and
+  ``report.md`` keep it)."""
+  for table in tables:
+    print(f"\n## {table.title}")
+    cols = [c for c in table.columns if c != "command"]
+    print(" | ".join(cols))
+    for r in table.rows:
+      print(" | ".join(f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))

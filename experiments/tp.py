@@ -389,12 +389,7 @@ def main(argv):
   results, figs = run_all(specs, opts, workdir, seed=fv.seed, cache_dir=fv.cache_dir,
                           checkpoints=fv.checkpoints, command_line=common.this_command(),
                           log=lambda m: print(m, flush=True))
-  for table in tables(results):
-    print(f"\n## {table.title}")
-    cols = [c for c in table.columns if c != "command"]
-    print(" | ".join(cols))
-    for r in table.rows:
-      print(" | ".join(f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
+  common.print_tables(tables(results))
   print(f"\nwrote {os.path.join(workdir, 'results.json')} and {len(figs)} figures in "
         f"{results['wall_seconds']:.0f} s")
 

@@ -381,7 +381,7 @@ def run_dataset(spec: str, opts: Options, *, seed: int = 0, workdir: Optional[st
     res.history = ccf["res"].history + [dict(r, wall_time=r["wall_time"] + offset) for r in res.history]
     return res, sec + ccf["seconds"]
 
-  def record(variant, cfg, res, sec, test, valid, eq):
+  def record(cfg, res, sec, test, valid, eq):
     rec = {"config": dataclasses.asdict(cfg), "train_seconds": sec, "test": test, "valid": valid,
            "history": res.history, **_budget(res.history)}
     if cfg.has_cells:
@@ -420,7 +420,7 @@ def run_dataset(spec: str, opts: Options, *, seed: int = 0, workdir: Optional[st
       cfg = opts.tts_config("2ts", seed, t_star, k, g, ratio["ratio"] if ratio else 1.0)
       res, sec = from_stage1(cfg, "2ts-" + g.replace("/", "-"), with_test_curve=True)
       test, valid, eq = _evaluate_tts(cfg, res, s)
-      rec = record("2ts", cfg, res, sec, test, valid, eq)
+      rec = record(cfg, res, sec, test, valid, eq)
       rec["setting"] = g
       out["grid"].append({"dataset": name, "setting": setting_name(g), "valid MRR": valid["MRR"],
                           **_budget(res.history), **suite.flat_row(test, METRICS),
@@ -450,7 +450,7 @@ def run_dataset(spec: str, opts: Options, *, seed: int = 0, workdir: Optional[st
       else:  # single-stage
         res, sec = _train_tts(cfg, s, opts, ckpt(variant))
       test, valid, eq = _evaluate_tts(cfg, res, s)
-      rec = record(variant, cfg, res, sec, test, valid, eq)
+      rec = record(cfg, res, sec, test, valid, eq)
       out["tts"][variant] = rec
     cmd = command(spec, seed, dataclasses.replace(chosen, variants=(variant,), baselines=()), cache_dir)
     budget = {k_: v for k_, v in rec.items() if k_.endswith(" epochs") or k_.endswith(" stopped")}
@@ -580,12 +580,7 @@ def main(argv):
   results, figures = run_all(specs, opts, workdir, seed=fv.seed, cache_dir=fv.cache_dir,
                              checkpoints=fv.checkpoints, command_line=common.this_command(),
                              log=lambda m: print(m, flush=True))
-  for table in report.tables(results):
-    print(f"\n## {table.title}")
-    cols = [c for c in table.columns if c != "command"]
-    print(" | ".join(cols))
-    for r in table.rows:
-      print(" | ".join(f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))
+  common.print_tables(report.tables(results))
   print(f"\nwrote {os.path.join(workdir, 'results.json')} and {len(figures)} figures in "
         f"{results['wall_seconds']:.0f} s")
 
