@@ -383,6 +383,16 @@ def test_period_evaluator_ranks_match_brute_force(tiny_stream):
                              np.mean(np.where(ranks <= 5, 1 / np.log2(ranks + 1), 0.0)), rtol=1e-6)
   assert {"full/Recall@20", "sampled50/Recall@20"} <= set(out)
   np.testing.assert_array_equal(ev.candidates(t), cands)  # drawn once, reproducible
+  # A model that outputs NaN (a 0/0 in a transfer) ranks last under both protocols, never first.
+  nan_user = users[0]
+  bad = sml.params_of({"user": tabs["user"].at[nan_user].set(jnp.nan), "item": tabs["item"]})
+  bad_ranks, bad_ncand = ev.sampled_ranks(bad, t)
+  hit = users == nan_user
+  np.testing.assert_array_equal(bad_ranks[hit], bad_ncand[hit])
+  np.testing.assert_array_equal(bad_ranks[~hit], ranks[~hit])
+  all_nan = sml.params_of({"user": jnp.full_like(tabs["user"], jnp.nan), "item": tabs["item"]})
+  nan_out = ev(all_nan, t)
+  assert out["full/Recall@20"] > 0 and nan_out["full/Recall@20"] == 0 == nan_out["sampled50/Recall@20"]
 
 
 def test_protocol_presets_roles():

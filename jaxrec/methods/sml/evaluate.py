@@ -62,10 +62,14 @@ def sample_seen_negatives(users: np.ndarray, positives: np.ndarray, seen: np.nda
 
 @functools.partial(jax.jit, static_argnames=("score_fn",))
 def _ranks(score_fn, params, users, cands):
-  """Rank of ``cands[:, 0]`` among the valid (``>= 0``) entries of ``cands`` ``[B, 1 + n]``."""
+  """Rank of ``cands[:, 0]`` among the valid (``>= 0``) entries of ``cands`` ``[B, 1 + n]``.
+
+  A candidate counts against the positive unless it scores strictly lower (ties and NaN scores count
+  against it, the rule of :mod:`jaxrec.eval.protocols`): a model that outputs NaN ranks last, not first.
+  """
   s = score_fn(params, {"user": users}, jnp.maximum(cands, 0))
   valid = cands[:, 1:] >= 0
-  return 1 + jnp.sum(valid & (s[:, 1:] >= s[:, :1]), axis=1, dtype=jnp.int32)
+  return 1 + jnp.sum(valid & ~(s[:, 1:] < s[:, :1]), axis=1, dtype=jnp.int32)
 
 
 class PeriodEvaluator:
