@@ -287,6 +287,32 @@ def test_no_period_is_scored_by_a_model_that_trained_on_it(tiny_stream):
   assert len(set(base.values())) == len(base)  # every block is scored by a new model
 
 
+@pytest.mark.parametrize("first_task", ["initial", "zeros", "skip"])
+def test_first_task_trains_the_transfer_before_it_serves(tiny_stream, first_task):
+  """Algorithm 1 trains Theta on the first task too: after the first block, the served W_1 comes from a
+  Theta that learned on that block (``skip``: from the random initial Theta), and ``W_{-1}`` is W_0
+  (``initial``) or zero (``zeros``, the authors' code)."""
+  pb, module, params = tiny_stream
+  block = jax.tree.map(jnp.asarray, pb.data.block(0))
+  cfg = _cfg(first_task=first_task)
+  learner = sml.learner(cfg, module, pb.data.block_size)
+  state = learner.init(params, jax.random.PRNGKey(1))
+  w0 = sml.tables_of(params)
+  expected_prev = jax.tree.map(jnp.zeros_like, w0) if first_task == "zeros" else w0
+  chex.assert_trees_all_equal(state.prev, expected_prev)
+  new, metrics = learner.update(state, block, jax.random.PRNGKey(2))
+  moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new.theta),
+                                                           jax.tree.leaves(state.theta)))
+  assert (moved > 0) == (first_task != "skip")
+  assert int(metrics["adapted"]) == (first_task != "skip")
+  if first_task == "skip":  # W_t is the pre-trained model
+    chex.assert_trees_all_equal(new.prev, w0)
+  else:  # W_t = f_Theta(W_{-1}, W_hat_0 = W_0) with the trained Theta
+    tcfg = cfg.transfer_config(D)
+    chex.assert_trees_all_close(new.prev, steps.transfer_tables(new.theta, expected_prev, w0, tcfg),
+                                rtol=1e-5, atol=1e-6)
+
+
 def test_first_block_is_scored_by_the_initial_model_and_no_recompile(tiny_stream):
   pb, module, params = tiny_stream
   data = pb.data
@@ -297,7 +323,7 @@ def test_first_block_is_scored_by_the_initial_model_and_no_recompile(tiny_stream
   res = loop_lib.run(learner, learner.init(params, jax.random.PRNGKey(1)), data, eval_fn,
                      rng=jax.random.PRNGKey(2))
   chex.assert_trees_all_equal(sml.tables_of(first[0]), sml.tables_of(params))
-  assert [r["train/adapted"] for r in res.records] == [0.0] + [1.0] * (len(data) - 1)
+  assert [r["train/adapted"] for r in res.records] == [1.0] * len(data)  # the first block is a task
   jitted = learner_lib.jit_update(learner)
   size = jitted._cache_size()
   again = sml.learner(cfg, module, data.block_size)  # another run, another seed
@@ -335,6 +361,10 @@ def test_strategy_rejects_biased_mf(tiny_stream):
     sml.learner(_cfg(), biased, pb.data.block_size)
   with pytest.raises(ConfigError, match="variant"):
     sml.SMLConfig(variant="sml-x")
+  with pytest.raises(ConfigError, match="first_task.*eps"):
+    sml.SMLConfig(variant="sml-code", first_task="zeros")
+  with pytest.raises(ConfigError, match="first_task"):
+    sml.SMLConfig(first_task="random")
   assert "sml" in strategies_lib.STRATEGIES and "sml-cnn" in strategies_lib.STRATEGIES
 
 

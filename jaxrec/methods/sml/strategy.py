@@ -15,8 +15,10 @@ period arrives)::
       served <- W_{t+1} = f_Theta(W_t, W_hat_{t+1})                         # line 9
       state <- (W_t, W_hat_{t+1}, W_{t+1}, D_{t+1}, Theta)
 
-The first block after the offline prefix has no previous task: the loop of lines 3-7 is skipped and
-``W_t`` is the pre-trained model (``W_{-1}`` of Algorithm 1 is that model instead of a random one). SML-S
+The first block after the offline prefix is the first task: ``W_{-1}`` is the pre-trained model ``W_0``
+(``first_task="initial"``) or zero (``"zeros"``, the authors' code), ``W_hat_0 = W_0`` and ``D_0`` is
+empty (its Step 1 does nothing), so lines 3-7 train ``Theta`` on the first block, which the loop has
+already scored; ``"skip"`` leaves lines 3-7 out there and takes ``W_t = W_0``. SML-S
 skips lines 3-7 from block ``freeze_from`` on (the transfer stays fixed; Step 1 and the transfer output
 still run). The whole update is one pure function (``lax.scan`` over repetitions, epochs and batches,
 ``lax.cond`` on whether a previous task exists), jitted by the loop with the state donated.
@@ -149,7 +151,7 @@ def make_update(config: SMLConfig, dim: int, num_users: int, num_items: int):
       theta, theta_opt, _, hat_opt = carry
       return theta, theta_opt, state.served, hat_opt, jnp.float32(0.0), jnp.float32(0.0)
 
-    run_adapt = state.blocks > 0
+    run_adapt = state.blocks > 0 if c.first_task == "skip" else jnp.bool_(True)
     if c.variant == "sml-s":
       run_adapt = run_adapt & (state.blocks < c.freeze_from)
     theta, theta_opt, w_t, hat_opt, meta_loss, rep_step1 = jax.lax.cond(
@@ -177,7 +179,8 @@ def init_state(config: SMLConfig, params, rng: jax.Array, block_size: int) -> SM
   empty = {"user": jnp.zeros((block_size,), jnp.int32), "positive": jnp.zeros((block_size,), jnp.int32),
            "mask": jnp.zeros((block_size,), bool)}
   copy = lambda: jax.tree.map(jnp.copy, tables)  # three buffers: the loop donates the state
-  return SMLState(prev=copy(), hat=copy(), served=copy(), hat_opt=steps.lazy_adam_init(tables),
+  prev = jax.tree.map(jnp.zeros_like, tables) if c.first_task == "zeros" else copy()
+  return SMLState(prev=prev, hat=copy(), served=copy(), hat_opt=steps.lazy_adam_init(tables),
                   theta=theta, theta_opt=step2_tx(c).init(theta), last=empty,
                   blocks=jnp.zeros((), jnp.int32))
 
