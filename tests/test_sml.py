@@ -425,6 +425,33 @@ def test_period_evaluator_ranks_match_brute_force(tiny_stream):
   assert out["full/Recall@20"] > 0 and nan_out["full/Recall@20"] == 0 == nan_out["sampled50/Recall@20"]
 
 
+def test_interaction_types_match_brute_force(tiny_stream):
+  """Fig. 6: new = absent from every row before the first test period (not just before the block)."""
+  pb, module, params = tiny_stream
+  data = pb.data
+  f = int(data.starts[pb.test[0]])
+  ev = sml_eval.PeriodEvaluator(registry.get("mf-log").score_fn(module), data, num_negatives=50, seed=3,
+                                ks=(20,), full=False, blocks=pb.valid + pb.test, types_from=f)
+  assert not any(k.startswith("types/") for k in ev(params, pb.valid[-1]))
+  ex = data.examples
+  seen_u, seen_i = set(ex["user"][:f].tolist()), set(ex["positive"][:f].tolist())
+  for t in pb.test:
+    lo, hi = int(data.starts[t]), int(data.ends[t])
+    out = ev(params, t)
+    ranks, _ = ev.sampled_ranks(params, t)
+    labels = np.array([("NU" if u not in seen_u else "OU") + "-" + ("NI" if i not in seen_i else "OI")
+                       for u, i in zip(ex["user"][lo:hi], ex["positive"][lo:hi])])
+    assert sum(out[f"types/{k}"] for k in sml_eval.INTERACTION_TYPES) == hi - lo
+    for k in sml_eval.INTERACTION_TYPES:
+      sel = labels == k
+      assert out[f"types/{k}"] == sel.sum()
+      if sel.any():
+        np.testing.assert_allclose(out[f"sampled50/Recall@20/{k}"], np.mean(ranks[sel] <= 20))
+      else:
+        assert f"sampled50/Recall@20/{k}" not in out
+  assert len({lab for lab in labels}) >= 2  # the tiny stream has new users or items in its test periods
+
+
 def test_protocol_presets_roles():
   from jaxrec.data import datasets
   log = datasets.load_dataset("synthetic:tiny", seed=0)

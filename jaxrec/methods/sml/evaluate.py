@@ -14,6 +14,12 @@ rows before block ``t`` (history, seen items) and block ``t`` itself (the querie
 Candidates of block ``t`` are drawn from ``SeedSequence([seed, first row of the block])``, so every
 strategy ranks the same ones, also when its stream starts at another period. Blocks outside ``blocks``
 (e.g. SML's training periods) return ``{}`` to save time.
+
+Interaction types (Sec. 4.5.1, Fig. 6): with ``types_from`` (a row index, the first test period's first
+row), a user is *new* when no row before ``types_from`` has them ("users that only occur in the testing
+data"), an item likewise, and every scored block from ``types_from`` on also reports the sampled metrics
+of each type ``OU-OI``, ``OU-NI``, ``NU-OI``, ``NU-NI`` (``sampled999/Recall@20/OU-NI``) and its count
+(``types/OU-NI``); a type without queries in a block reports only its zero count.
 """
 
 from __future__ import annotations
@@ -28,6 +34,20 @@ import numpy as np
 from jaxrec.eval import metrics as metrics_lib
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import evaluate as stream_eval
+
+
+INTERACTION_TYPES = ("OU-OI", "OU-NI", "NU-OI", "NU-NI")
+
+
+def interaction_types(users: np.ndarray, items: np.ndarray, before_users: np.ndarray,
+                      before_items: np.ndarray, num_users: int, num_items: int) -> np.ndarray:
+  """Index into :data:`INTERACTION_TYPES` of each ``(users[q], items[q])``: new = absent from the
+  ``before_*`` rows."""
+  old_u = np.zeros(num_users, bool)
+  old_u[before_users] = True
+  old_i = np.zeros(num_items, bool)
+  old_i[before_items] = True
+  return 2 * (~old_u[users]).astype(np.int64) + (~old_i[items]).astype(np.int64)
 
 
 def sample_seen_negatives(users: np.ndarray, positives: np.ndarray, seen: np.ndarray,
@@ -85,11 +105,14 @@ class PeriodEvaluator:
       :class:`jaxrec.stream.evaluate.BlockEvaluator`.
     blocks: block indices to evaluate (None: all).
     batch_size: queries per device call.
+    types_from: first row of the test periods: blocks from there on also report the metrics per
+      interaction type (see the module docstring); None: not.
   """
 
   def __init__(self, score_fn, data: blocks_lib.Blocks, *, num_negatives: int = 999, seed: int = 0,
                ks: Sequence[int] = (5, 10, 20), full: bool = True, blocks: Optional[Iterable[int]] = None,
-               batch_size: int = 256):
+               batch_size: int = 256, types_from: Optional[int] = None):
+    self.types_from = None if types_from is None else int(types_from)
     self.score_fn, self.data, self.n, self.seed = score_fn, data, int(num_negatives), seed
     self.ks, self.batch_size = tuple(ks), batch_size
     self.blocks = None if blocks is None else frozenset(int(b) for b in blocks)
@@ -134,6 +157,17 @@ class PeriodEvaluator:
                   if k.startswith(("Recall@", "NDCG@"))})
       out["num_queries"] = len(ranks)
       out[f"{name}/min_candidates"] = int(ncand.min(initial=0))
+      lo, hi = int(self.data.starts[t]), int(self.data.ends[t])
+      if self.types_from is not None and lo >= self.types_from:
+        ex, f = self.data.examples, self.types_from
+        kind = interaction_types(ex["user"][lo:hi], ex["positive"][lo:hi], ex["user"][:f],
+                                 ex["positive"][:f], self.data.num_users, self.data.num_items)
+        for j, label in enumerate(INTERACTION_TYPES):
+          sel = kind == j
+          out[f"types/{label}"] = int(sel.sum())
+          if sel.any():
+            out.update({f"{name}/{k}/{label}": float(np.mean(v[sel])) for k, v in per.items()
+                        if k.startswith(("Recall@", "NDCG@"))})
     if self.full is not None:
       out.update({k: v for k, v in self.full(params, t).items()
                   if k == "num_queries" or k.split("/")[-1].startswith(("Recall@", "NDCG@"))})
