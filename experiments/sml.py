@@ -18,8 +18,10 @@ Evaluation (Sec. 4.1.3): each interaction ranks its positive among 999 negatives
 seen so far minus the user's history (all of them when fewer remain), and under full ranking; Recall and
 NDCG @5/10/20 per period, averaged weighted by interactions over every validation / test period.
 Writes ``results.json`` (per-period records, the table, the config), ``recall10-test.png`` (Fig. 3),
-``time.png`` (update seconds per period, Table 2) and ``filters.png`` (SML's first-layer filters,
-Fig. 7). Hyper-parameters are not searched here: the validation averages are reported for that.
+``types-test.png`` (Recall@20 per test period of each interaction type, new/old user x new/old item:
+Fig. 6, SML and Full-retrain; new = absent before the first test period), ``time.png`` (update seconds
+per period, Table 2) and ``filters.png`` (SML's first-layer filters, Fig. 7). Hyper-parameters are
+not searched here: the validation averages are reported for that.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Op
   pretrain_seconds = time.perf_counter() - t0
   scored = None if config.eval_train_periods else pb.valid + pb.test
   evaluator = sml_eval.PeriodEvaluator(spec.score_fn(module), data, num_negatives=config.eval_negatives,
-                                       seed=seed, full=config.full_ranking, blocks=scored)
+                                       seed=seed, full=config.full_ranking, blocks=scored,
+                                       types_from=int(data.starts[pb.test[0]]))
   streams, rows, states = {}, [], {}
   sampled = f"sampled{config.eval_negatives}"
   for name in config.strategies:
@@ -162,6 +165,12 @@ def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Op
     if config.full_ranking:
       row["test full Recall@20"] = _avg(res.records, pb.test, "full/Recall@20")
       row["test full NDCG@20"] = _avg(res.records, pb.test, "full/NDCG@20")
+    for label in sml_eval.INTERACTION_TYPES:  # Fig. 6: test average per interaction type
+      recs = [r for r in res.records if r["block"] in pb.test and r.get(f"types/{label}", 0) > 0]
+      key = f"{sampled}/Recall@20/{label}"
+      w = sum(r[f"types/{label}"] for r in recs)
+      row[f"test Recall@20 {label}"] = (sum(r[key] * r[f"types/{label}"] for r in recs) / w) if w else None
+      row[f"test n {label}"] = w
     secs = [r["update_seconds"] for r in res.records]
     row["update s/period (median)"] = float(np.median(secs[1:] if len(secs) > 1 else secs))
     row["update s (last)"] = secs[-1]
@@ -186,8 +195,20 @@ def figures(results: dict, workdir: str) -> list[str]:
             for n, recs in results["streams"].items()}
   times = {n: ([r["block"] for r in recs], [r["update_seconds"] for r in recs])
            for n, recs in results["streams"].items()}
+  types = {}
+  shown = [n for n in ("sml", "retrain-warm") if n in results["streams"]] or list(results["streams"])
+  for n in shown:  # the paper's Fig. 6: SML and Full-retrain
+    recs = results["streams"][n]
+    for label in sml_eval.INTERACTION_TYPES:
+      k = f"{sampled}/Recall@20/{label}"
+      pts = [(r["block"], r[k]) for r in recs if r["block"] in test and k in r]
+      if pts:
+        types[f"{n} {label}"] = ([b for b, _ in pts], [v for _, v in pts])
   out = [plots.line_plot(recall, os.path.join(workdir, "recall10-test.png"), xlabel="block (test period)",
                          ylabel=f"Recall@10 ({sampled})", title=f"Recall@10 per test period, {ds}"),
+         plots.line_plot(types, os.path.join(workdir, "types-test.png"), xlabel="block (test period)",
+                         ylabel=f"Recall@20 ({sampled})",
+                         title=f"Recall@20 per interaction type (O/N: old/new user U, item I), {ds}"),
          plots.line_plot(times, os.path.join(workdir, "time.png"), xlabel="block", ylabel="update seconds",
                          title=f"Retraining time per period, {ds}")]
   if results["filters"]:
