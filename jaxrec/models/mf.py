@@ -97,3 +97,20 @@ def make_loss_fn(module: nn.Module, loss: str = "bpr") -> LossFn:
     return value, {"loss": value, **losses.ranking_aux(scores, mask)}
 
   return loss_fn
+
+
+def row_lookups(module: MF) -> dict:
+  """Where the batch's ids index ``module``'s tables, for :class:`jaxrec.train.sparse.RowLookups`
+  (``RowLookups(**mf.row_lookups(module))``): users index ``user_emb`` (and ``user_bias``), positives and
+  negatives index ``item_emb`` (and ``item_bias``); the global bias stays dense."""
+  tables = [("params/user_emb/embedding", "user"), ("params/item_emb/embedding", "item")]
+  if module.use_bias:
+    tables += [("params/user_bias", "user"), ("params/item_bias", "item")]
+  return {"groups": (("user", ("user",)), ("item", ("positive", "negatives"))), "tables": tuple(tables),
+          "mask": "mask"}
+
+
+def compact_loss_fn(module: MF, loss: str = "bpr") -> Callable[[Mapping[str, int]], LossFn]:
+  """``make_loss(sizes)`` for :func:`jaxrec.train.sparse.row_sparse_learner`: :func:`make_loss_fn` of
+  ``module`` with ``sizes["user"]`` users and ``sizes["item"]`` items (the compact tables)."""
+  return lambda sizes: make_loss_fn(module.clone(num_users=sizes["user"], num_items=sizes["item"]), loss)
