@@ -43,6 +43,7 @@ from jaxrec.methods.two_time_scale.model import Batch, Params, TwoTimeScaleConfi
 from jaxrec.models import losses
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import loop as loop_lib
+from jaxrec.train import sparse as sparse_lib
 from jaxrec.train import stages as stages_lib
 from jaxrec.train import state as state_lib
 
@@ -370,3 +371,40 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
     wall += rec["epoch_time"]
     rec["wall_time"] = wall
   return TrainResult(params=params, data=data, history=history)
+
+
+@functools.lru_cache(maxsize=16)
+def sparse_stage1_learner(cfg: TwoTimeScaleConfig, optimizer: str = "lazy-adam",
+                          learning_rate: Optional[float] = None,
+                          with_features: bool = False) -> learner_lib.Learner:
+  """Stage 1 (CCF, Eq. 10) with the ``"user"`` and ``"item"`` tables updated row-sparsely
+  (:mod:`jaxrec.train.sparse`: ``optimizer`` ``"lazy-adam"``, ``"rowwise-adagrad"`` or ``"adagrad"``),
+  ``feat_net`` by dense Adam; the per-step cost grows with the batch, not with ``U`` or ``I``.
+
+  The offer sets are drawn exactly as in :func:`ccf_loss` (same key, same call), so with ``"adagrad"``
+  this reaches the same parameters as :func:`stage_learner` with ``optax.adagrad`` would. Departure:
+  ``"lazy-adam"`` is not the paper's dense Adam (rows a batch misses do not move by their momentum).
+  Cached on its arguments; pass ``cfg.static()`` for one compiled step across seeds and budgets.
+  ``with_features``: the batches carry ``"item_features"`` (gathered per step like the tables).
+  """
+  lr = cfg.lr_stage1 if learning_rate is None else learning_rate
+  lookups = sparse_lib.RowLookups(
+      groups=(("user", ("user",)), ("item", ("item", "negatives"))),
+      tables=(("user", "user"), ("item", "item")),
+      batch_tables=(("item_features", "item"),) if with_features else (), mask=None)
+
+  def prepare(params, batch, rng):
+    item = jnp.asarray(batch["item"])
+    return dict(batch, negatives=sample_offer_negatives(rng, item, params["item"].shape[0], cfg.num_offered))
+
+  def make_loss(sizes):
+    del sizes  # ccf_loss reads no table size once the offer sets are given
+
+    def loss_fn(params, batch, rng):
+      return ccf_loss(cfg, params, batch, rng, negatives=batch["negatives"])
+
+    return loss_fn
+
+  return sparse_lib.row_sparse_learner(make_loss, lookups, sparse_lib.get(optimizer, lr),
+                                       state_lib.make_optimizer("adam", lr) if with_features else None,
+                                       prepare=prepare)
