@@ -376,7 +376,7 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
 @functools.lru_cache(maxsize=16)
 def sparse_stage1_learner(cfg: TwoTimeScaleConfig, optimizer: str = "lazy-adam",
                           learning_rate: Optional[float] = None,
-                          with_features: bool = False) -> learner_lib.Learner:
+                          with_features: bool = False, dense_optimizer: str = "adam") -> learner_lib.Learner:
   """Stage 1 (CCF, Eq. 10) with the ``"user"`` and ``"item"`` tables updated row-sparsely
   (:mod:`jaxrec.train.sparse`: ``optimizer`` ``"lazy-adam"``, ``"rowwise-adagrad"`` or ``"adagrad"``),
   ``feat_net`` by dense Adam; the per-step cost grows with the batch, not with ``U`` or ``I``.
@@ -385,7 +385,8 @@ def sparse_stage1_learner(cfg: TwoTimeScaleConfig, optimizer: str = "lazy-adam",
   this reaches the same parameters as :func:`stage_learner` with ``optax.adagrad`` would. Departure:
   ``"lazy-adam"`` is not the paper's dense Adam (rows a batch misses do not move by their momentum).
   Cached on its arguments; pass ``cfg.static()`` for one compiled step across seeds and budgets.
-  ``with_features``: the batches carry ``"item_features"`` (gathered per step like the tables).
+  ``with_features``: the batches carry ``"item_features"`` (gathered per step like the tables), and
+  ``feat_net`` is trained by ``dense_optimizer`` (:func:`jaxrec.train.state.make_optimizer`'s name).
   """
   lr = cfg.lr_stage1 if learning_rate is None else learning_rate
   lookups = sparse_lib.RowLookups(
@@ -405,6 +406,6 @@ def sparse_stage1_learner(cfg: TwoTimeScaleConfig, optimizer: str = "lazy-adam",
 
     return loss_fn
 
-  return sparse_lib.row_sparse_learner(make_loss, lookups, sparse_lib.get(optimizer, lr),
-                                       state_lib.make_optimizer("adam", lr) if with_features else None,
+  dense_tx = state_lib.make_optimizer(dense_optimizer, lr) if with_features else None
+  return sparse_lib.row_sparse_learner(make_loss, lookups, sparse_lib.get(optimizer, lr), dense_tx,
                                        prepare=prepare)
