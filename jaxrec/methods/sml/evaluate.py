@@ -81,13 +81,13 @@ def sample_seen_negatives(users: np.ndarray, positives: np.ndarray, seen: np.nda
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn",))
-def _ranks(score_fn, params, users, cands):
+def _ranks(score_fn, params, queries, cands):
   """Rank of ``cands[:, 0]`` among the valid (``>= 0``) entries of ``cands`` ``[B, 1 + n]``.
 
   A candidate counts against the positive unless it scores strictly lower (ties and NaN scores count
   against it, the rule of :mod:`jaxrec.eval.protocols`): a model that outputs NaN ranks last, not first.
   """
-  s = score_fn(params, {"user": users}, jnp.maximum(cands, 0))
+  s = score_fn(params, queries, jnp.maximum(cands, 0))
   valid = cands[:, 1:] >= 0
   return 1 + jnp.sum(valid & ~(s[:, 1:] < s[:, :1]), axis=1, dtype=jnp.int32)
 
@@ -136,12 +136,14 @@ class PeriodEvaluator:
   def sampled_ranks(self, params, t: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ranks, num_candidates)`` of block ``t``'s queries under the sampled protocol."""
     cands = self.candidates(t)
-    users = self.data.examples["user"][int(self.data.starts[t]):int(self.data.ends[t])]
-    q, b = len(users), int(min(self.batch_size, max(len(users), 1)))
+    lo, hi = int(self.data.starts[t]), int(self.data.ends[t])
+    ex = self.data.examples  # sequence models also read the history window before each row
+    feats = {k: ex[k][lo:hi] for k in ("user", "history", "history_mask") if k in ex}
+    q, b = hi - lo, int(min(self.batch_size, max(hi - lo, 1)))
     outs = []
     for s in range(0, q, b):
       idx = np.minimum(np.arange(s, s + b), q - 1)  # pad the last batch with a real row
-      outs.append(_ranks(self.score_fn, params, users[idx], cands[idx]))
+      outs.append(_ranks(self.score_fn, params, {k: v[idx] for k, v in feats.items()}, cands[idx]))
     ranks = np.concatenate([np.asarray(r) for r in jax.device_get(outs)])[:q].astype(np.int64)
     return ranks, 1 + (cands[:, 1:] >= 0).sum(1).astype(np.int64)
 
