@@ -42,6 +42,7 @@ from jaxrec.methods import sml
 from jaxrec.methods.sml import evaluate as sml_eval
 from jaxrec.methods.sml import protocol as protocol_lib
 from jaxrec.models import registry
+from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import loop as loop_lib
 from jaxrec.stream import strategies as strategies_lib
 
@@ -63,8 +64,14 @@ class SMLExperimentConfig:
     eval_train_periods: also evaluate the training periods (the figures then show them).
     max_blocks: stream only the first blocks (0: all; for smoke runs).
     checkpoint_every: blocks between checkpoints (Orbax; a rerun resumes).
+    sequence_models: sequence models of the registry (``gru4rec``, ``caser``) warm-retrained on
+      everything so far each period (``retrain-warm`` with ``sequence_strategy``), rows
+      ``MODEL-retrain``; their initial model trains ``pretrain_epochs`` on the initial periods.
+    history_len: their input window (capped by a model's ``max_len``: Caser's L = 5).
     sml: the SML strategies' configuration.
     strategy: the shared strategies' configuration.
+    sequence_strategy: the sequence models' (their registry loss, sampled softmax over
+      ``num_negatives``).
   """
 
   preset: str = "yelp-like"
@@ -77,9 +84,13 @@ class SMLExperimentConfig:
   eval_train_periods: bool = False
   max_blocks: int = 0
   checkpoint_every: int = 10
+  sequence_models: tuple = ()
+  history_len: int = 20
   sml: sml.SMLConfig = sml.SMLConfig()
   strategy: strategies_lib.StrategyConfig = strategies_lib.StrategyConfig(
       steps=5, batch_size=1024, num_negatives=1, learning_rate=1e-2, retrain_epochs=10)
+  sequence_strategy: strategies_lib.StrategyConfig = strategies_lib.StrategyConfig(
+      batch_size=256, num_negatives=100, learning_rate=1e-3, retrain_epochs=3)
 
 
 METRICS = ("Recall@5", "Recall@10", "Recall@20", "NDCG@5", "NDCG@10", "NDCG@20")
@@ -93,6 +104,11 @@ def _check(config: SMLExperimentConfig) -> None:
   unknown = [s for s in config.strategies if s not in known]
   if unknown or not config.strategies:
     raise ValueError(f"--config.strategies: unknown {unknown}; known: {sorted(known)}")
+  bad = [m for m in config.sequence_models
+         if m not in registry.names() or registry.get(m).family != "sequence"]
+  if bad:
+    raise ValueError(f"--config.sequence_models: {bad} are not sequence models of the registry; known: "
+                     f"{[n for n in registry.names() if registry.get(n).family == 'sequence']}")
   if config.model not in ("mf-log", "mf-bpr"):
     raise ValueError(f"--config.model must be mf-log or mf-bpr (SML transfers MF tables), got "
                      f"{config.model!r}")
@@ -114,6 +130,27 @@ def _sml_config(config: SMLExperimentConfig, name: str, first_test: int) -> sml.
 def _avg(records: list, blocks: tuple, key: str) -> Optional[float]:
   recs = [r for r in records if r["block"] in blocks and key in r]
   return loop_lib.weighted_average(recs, key) if recs else None
+
+
+def _row(name: str, records: list, pb, sampled: str, full_ranking: bool) -> dict:
+  """One strategy's table row: test / validation averages, per interaction type, update seconds."""
+  row = {"strategy": name}
+  for m in METRICS:
+    row[f"test {m}"] = _avg(records, pb.test, f"{sampled}/{m}")
+  row["valid Recall@20"] = _avg(records, pb.valid, f"{sampled}/Recall@20")
+  if full_ranking:
+    row["test full Recall@20"] = _avg(records, pb.test, "full/Recall@20")
+    row["test full NDCG@20"] = _avg(records, pb.test, "full/NDCG@20")
+  for label in sml_eval.INTERACTION_TYPES:  # Fig. 6: test average per interaction type
+    recs = [r for r in records if r["block"] in pb.test and r.get(f"types/{label}", 0) > 0]
+    key = f"{sampled}/Recall@20/{label}"
+    w = sum(r[f"types/{label}"] for r in recs)
+    row[f"test Recall@20 {label}"] = (sum(r[key] * r[f"types/{label}"] for r in recs) / w) if w else None
+    row[f"test n {label}"] = w
+  secs = [r["update_seconds"] for r in records]
+  row["update s/period (median)"] = float(np.median(secs[1:] if len(secs) > 1 else secs))
+  row["update s (last)"] = secs[-1]
+  return row
 
 
 def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Optional[str] = None,
@@ -142,39 +179,39 @@ def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Op
                                        types_from=int(data.starts[pb.test[0]]))
   streams, rows, states = {}, [], {}
   sampled = f"sampled{config.eval_negatives}"
+
+  def stream(name, learner, jit, start, data, evaluator):
+    wd = os.path.join(workdir, "streams", name) if workdir else None
+    run_config = {"dataset": dataset, "seed": seed, "strategy": name,
+                  "config": {k: v for k, v in configs.to_dict(config).items()
+                             if k not in ("strategies", "checkpoint_every")}}
+    res = loop_lib.run(learner, learner.init(start, stream_key), data, evaluator, rng=stream_key,
+                       workdir=wd, run_config=run_config,
+                       config=loop_lib.StreamConfig(checkpoint_every=config.checkpoint_every, jit=jit))
+    streams[name], states[name] = res.records, res.state
+    rows.append(_row(name, res.records, pb, sampled, config.full_ranking))
+
   for name in config.strategies:
     if name in sml.VARIANTS:
       learner, jit = sml.learner(_sml_config(config, name, pb.test[0]), module, data.block_size), True
     else:
       d = strategies_lib.get(name)
       learner, jit = d.make(env), d.jittable
-    state = learner.init(params, stream_key)
-    wd = os.path.join(workdir, "streams", name) if workdir else None
-    run_config = {"dataset": dataset, "seed": seed, "strategy": name,
-                  "config": {k: v for k, v in configs.to_dict(config).items()
-                             if k not in ("strategies", "checkpoint_every")}}
-    res = loop_lib.run(learner, state, data, evaluator, rng=stream_key, workdir=wd,
-                       config=loop_lib.StreamConfig(checkpoint_every=config.checkpoint_every, jit=jit),
-                       run_config=run_config)
-    streams[name] = res.records
-    states[name] = res.state
-    row = {"strategy": name}
-    for m in METRICS:
-      row[f"test {m}"] = _avg(res.records, pb.test, f"{sampled}/{m}")
-    row["valid Recall@20"] = _avg(res.records, pb.valid, f"{sampled}/Recall@20")
-    if config.full_ranking:
-      row["test full Recall@20"] = _avg(res.records, pb.test, "full/Recall@20")
-      row["test full NDCG@20"] = _avg(res.records, pb.test, "full/NDCG@20")
-    for label in sml_eval.INTERACTION_TYPES:  # Fig. 6: test average per interaction type
-      recs = [r for r in res.records if r["block"] in pb.test and r.get(f"types/{label}", 0) > 0]
-      key = f"{sampled}/Recall@20/{label}"
-      w = sum(r[f"types/{label}"] for r in recs)
-      row[f"test Recall@20 {label}"] = (sum(r[key] * r[f"types/{label}"] for r in recs) / w) if w else None
-      row[f"test n {label}"] = w
-    secs = [r["update_seconds"] for r in res.records]
-    row["update s/period (median)"] = float(np.median(secs[1:] if len(secs) > 1 else secs))
-    row["update s (last)"] = secs[-1]
-    rows.append(row)
+    stream(name, learner, jit, params, data, evaluator)
+  for model in config.sequence_models:  # GRU4Rec / Caser, warm-retrained every period on all so far
+    seq_spec = registry.get(model)
+    window = min(config.history_len, seq_spec.defaults.get("max_len", config.history_len))
+    seq_data = dataclasses.replace(data, examples=blocks_lib.stream_examples(data.log, window))
+    seq_module = seq_spec.make(log.num_users, log.num_items)
+    seq_env = strategies_lib.Env(model, seq_module, config.sequence_strategy, seq_data)
+    seq_params = strategies_lib.pretrain(seq_env, strategies_lib.init_params(seq_env, init_key), pre_key,
+                                         config.pretrain_epochs)
+    seq_eval = sml_eval.PeriodEvaluator(seq_spec.score_fn(seq_module), seq_data,
+                                        num_negatives=config.eval_negatives, seed=seed,
+                                        full=config.full_ranking, blocks=scored,
+                                        types_from=int(data.starts[pb.test[0]]))
+    d = strategies_lib.get("retrain-warm")
+    stream(f"{model}-retrain", d.make(seq_env), d.jittable, seq_params, seq_data, seq_eval)
   filters = {n: np.asarray(s.theta["user"]["F1"]).tolist() for n, s in states.items()
              if isinstance(s, sml.SMLState) and "F1" in s.theta["user"]}
   return {"dataset": dataset, "seed": seed, "config": configs.to_dict(config), "preset": config.preset,
@@ -242,7 +279,7 @@ def suite_config(suite_name: str) -> SMLExperimentConfig:
         strategy=strategies_lib.StrategyConfig(steps=3, batch_size=1024, num_negatives=1,
                                                learning_rate=1e-2, retrain_epochs=3))
   return SMLExperimentConfig(strategies=("sml", "sml-code", "sml-cnn", "sml-fc", "sml-n", "sml-s",
-                                         "sml-fp") + SHARED)
+                                         "sml-fp") + SHARED, sequence_models=("gru4rec", "caser"))
 
 
 def _experiment(ctx: RunContext) -> ExperimentResult:
