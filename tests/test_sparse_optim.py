@@ -14,7 +14,7 @@ from jaxrec.train import learner as learner_lib
 from jaxrec.train import sparse
 from tests import learner_contract
 
-ROWS, DIM, N = 20, 3, 12
+ROWS, DIM, N = 20, 3, 24
 
 
 def _steps(num_steps, seed=0):
@@ -57,7 +57,7 @@ class RowOptimizersTest(chex.TestCase):
       g, touched = _summed(ids, grads, mask)
       acc = acc + touched * np.mean(g ** 2, axis=1)  # untouched rows: g = 0 (the dense rule)
       w = w - lr * g / np.sqrt(acc + eps)[:, None]
-    np.testing.assert_allclose(table, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table, w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(state.sum_of_squares, acc, rtol=1e-5)
     np.testing.assert_array_equal(table[15:], _table()[15:])  # only masked slots pointed there
 
@@ -102,7 +102,7 @@ class RowOptimizersTest(chex.TestCase):
       u, _ = dense.update(jnp.asarray(g, jnp.float32), st)
       np.testing.assert_allclose(np.asarray(table)[touched],
                                  np.asarray(optax.apply_updates(before[0], u))[touched], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(table, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table, w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(state.mu, m, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(state.nu, v, rtol=1e-5, atol=1e-9)
     np.testing.assert_array_equal(np.asarray(table)[~ever], _table()[~ever])

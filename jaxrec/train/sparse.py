@@ -80,16 +80,19 @@ class RowOptimizer(NamedTuple):
 
 
 def unique_rows(ids: Array, mask: Optional[Array], num_rows: int) -> Tuple[Array, Array, Array]:
-  """Distinct ids in a fixed-size array: ``(rows [n], inverse [n], valid [n])`` for ``ids [n]``.
+  """Distinct ids in a fixed-size array: ``(rows [k], inverse [n], valid [k])`` for ``ids [n]``,
+  ``k = min(n, num_rows + 1)``.
 
-  Masked ids become ``num_rows`` (out of range) before ``jnp.unique(size=n, fill_value=num_rows)``, so
+  Masked ids become ``num_rows`` (out of range) before ``jnp.unique(size=k, fill_value=num_rows)``, so
   ``rows`` holds the distinct real ids in increasing order then ``num_rows`` fill slots; ``valid`` is
   ``rows < num_rows`` and ``rows[inverse] == ids`` where ``mask``.
   """
   ids = jnp.asarray(ids, jnp.int32).reshape(-1)
   if mask is not None:
     ids = jnp.where(jnp.asarray(mask).reshape(-1), ids, num_rows)
-  rows, inverse = jnp.unique(ids, size=ids.shape[0], fill_value=num_rows, return_inverse=True)
+  # At most num_rows distinct real ids plus the fill value: a small table needs no more slots.
+  size = min(ids.shape[0], num_rows + 1)
+  rows, inverse = jnp.unique(ids, size=size, fill_value=num_rows, return_inverse=True)
   return rows.astype(jnp.int32), inverse.reshape(-1).astype(jnp.int32), rows < num_rows
 
 
@@ -100,7 +103,7 @@ def dedup(ids: Array, row_grads: Array, mask: Optional[Array], num_rows: int):
   if mask is not None:
     m = jnp.asarray(mask).reshape((-1,) + (1,) * (g.ndim - 1))
     g = jnp.where(m, g, 0)
-  summed = jax.ops.segment_sum(g, inverse, num_segments=ids.shape[0])
+  summed = jax.ops.segment_sum(g, inverse, num_segments=rows.shape[0])
   return rows, summed, valid
 
 
@@ -340,7 +343,7 @@ def row_sparse_learner(make_loss: Callable[[Mapping[str, int]], LossFn], lookups
           [jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (i.ndim - 1)), i.shape).reshape(-1)
            for i in ids])
       rows[g], inverse, valid[g] = unique_rows(flat_ids, flat_mask, num_rows[g])
-      sizes[g] = int(flat_ids.shape[0])
+      sizes[g] = int(rows[g].shape[0])
       start = 0
       for f, i in zip(names, ids):
         batch[f] = inverse[start:start + i.size].reshape(i.shape)
