@@ -409,25 +409,23 @@ def _update(kind: str, st: Static, batch_size: int):
   return update
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_update(kind: str, st: Static, batch_size: int):
-  return jax.jit(_update(kind, st, batch_size), donate_argnums=0)
-
-
+@jax.jit
 def _copy(tree):
   return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
 
 def _offline(kind: str, st: Static, env: strategies_lib.Env, state, epochs: int, rng):
-  """``epochs`` time-ordered passes of the step over rows ``[0, offline_end)`` (mini-batches of
-  ``batch_size``, host loop of the jitted update)."""
+  """``epochs`` time-ordered passes of the step over rows ``[0, offline_end)`` (chunks of
+  ``block_size`` rows laid out as the stream's blocks, so the stream reuses the compiled update)."""
   n = env.data.offline_end
-  b = env.config.batch_size
+  bs = env.data.block_size
   pre = env.data.rows(0, n)
-  update = _jitted_update(kind, st, b)
+  update = learner_lib.jit_update(
+      learner_lib.Learner(init=None, update=_update(kind, st, env.config.batch_size), params=None))
   for e in range(epochs):
-    for i, lo in enumerate(range(0, n, b)):
-      block = blocks_lib.pad_rows({k: pre[k][lo:lo + b] for k in ("user", "positive")}, b)
+    for i, lo in enumerate(range(0, n, bs)):
+      block = blocks_lib.pad_rows({k: v[lo:lo + bs] for k, v in pre.items()}, bs)
+      block["end"] = np.asarray(min(lo + bs, n), np.int64)
       state, _ = update(state, block, jax.random.fold_in(jax.random.fold_in(rng, e), i))
   return state
 
@@ -447,14 +445,18 @@ def _params(state):
 def eals(env: strategies_lib.Env, config: EalsConfig = EalsConfig()) -> learner_lib.Learner:
   """eALS-style weighting of new interactions (module docstring)."""
   st = static(env, config)
-  tx = st.optimizer()
   k = max(config.old_per_node, 1)
 
   def init(params, rng):
     hist = history_lib.empty(env.module.num_users, env.module.num_items, k)
-    return EalsState(train=state_lib.create(params, tx), history=_fill_history(env, hist, rng))
+    return EalsState(train=_create_fn(st)(params), history=_fill_history(env, hist, rng))
 
   return learner_lib.Learner(init=init, update=_update("eals", st, env.config.batch_size), params=_params)
+
+
+@functools.lru_cache(maxsize=None)
+def _create_fn(st: Static):
+  return jax.jit(lambda params: state_lib.create(params, st.optimizer()))
 
 
 @functools.lru_cache(maxsize=None)
@@ -473,25 +475,36 @@ def _fill_history(env: strategies_lib.Env, hist: history_lib.History, rng) -> hi
   return hist
 
 
+@functools.lru_cache(maxsize=None)
+def _fresh_fn(kind: str, st: Static, batch_size: int):
+  """``(params, key) -> MetaState`` with fresh meta-parameters (jitted once per static configuration)."""
+  cfg: MetaLearnedConfig = st.method
+
+  def fresh(params, key):
+    if kind == "mwnet":
+      tx = st.optimizer()
+      meta = WeightNet(cfg.hidden).init(key, jnp.zeros((1,), jnp.float32))
+    else:
+      tx = optax.identity()  # Meta-SGD's own rule: no optimizer state
+      lo, hi = cfg.init_range
+      leaves, tree = jax.tree.flatten(params)
+      keys = jax.random.split(key, len(leaves))
+      meta = jax.tree.unflatten(tree, [jax.random.uniform(kk, x.shape, x.dtype, lo, hi)
+                                       for kk, x in zip(keys, leaves)])
+    return MetaState(train=state_lib.create(params, tx), meta=meta, meta_opt=st.meta_tx().init(meta),
+                     prev=empty_batch(batch_size))
+
+  return jax.jit(fresh)
+
+
 def _meta_learner(kind: str, env: strategies_lib.Env, config: MetaLearnedConfig) -> learner_lib.Learner:
   st = static(env, config)
   b = env.config.batch_size
 
   def init(params, rng):
     meta_key, pass_key = jax.random.split(rng)
-    if kind == "mwnet":
-      tx = st.optimizer()
-      meta = WeightNet(config.hidden).init(meta_key, jnp.zeros((1,), jnp.float32))
-    else:
-      tx = optax.identity()  # Meta-SGD's own rule: no optimizer state
-      lo, hi = config.init_range
-      leaves, tree = jax.tree.flatten(params)
-      keys = jax.random.split(meta_key, len(leaves))
-      meta = jax.tree.unflatten(tree, [jax.random.uniform(kk, x.shape, x.dtype, lo, hi)
-                                       for kk, x in zip(keys, leaves)])
-    train = state_lib.create(params, tx)
-    state = MetaState(train=train, meta=meta, meta_opt=st.meta_tx().init(meta), prev=empty_batch(b))
-    served = _copy(train) if config.offline_meta_only else None
+    state = _fresh_fn(kind, st, b)(params, meta_key)
+    served = _copy(state.train) if config.offline_meta_only else None
     state = _offline(kind, st, env, state, config.offline_epochs, pass_key)
     if served is not None:
       state = state.replace(train=served)
