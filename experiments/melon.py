@@ -17,7 +17,9 @@ their biases), both trained with BPR and one uniform negative (the authors' code
 Strategies: any of :data:`jaxrec.stream.strategies.STRATEGIES` (``fine-tune`` is the paper's Default:
 Adam 1e-3, weight decay 1e-3, one update per batch; ``retrain``, ``replay``), and MeLON's variants
 (:data:`jaxrec.methods.melon.VARIANTS`: ``melon``, ``melon-authors``, ``melon-i``, ``melon-p``, ``melon-fo``),
-built with ``config.melon`` (its ``meta``/``order`` replaced by the variant's). Writes ``results.json``
+built with ``config.melon`` (its ``meta``/``order`` replaced by the variant's), and Table 2's other
+baselines (:mod:`jaxrec.methods.melon.baselines`: ``eals``, ``mwnet``, ``metasgd``, with their defaults).
+Writes ``results.json``
 (config, tables, per-batch records with timings), ``ndcg-MODEL.png`` (Fig. 5: NDCG@10 per online batch) and
 ``time-MODEL.png`` (update seconds per batch); per-strategy median update time per batch in the table
 (Table 4). Departures: no online validation slice (hyper-parameters are the paper's defaults, not chosen on
@@ -279,8 +281,8 @@ def quick_config(suite: str) -> MelonExperimentConfig:
   if suite == "quick":
     return MelonExperimentConfig(models=("mf-bpr",), strategies=("fine-tune", "melon"), pretrain_epochs=3,
                                  max_blocks=10, full_ranking=False)
-  return MelonExperimentConfig(strategies=("fine-tune", "retrain", "replay", "melon", "melon-authors",
-                                           "melon-i", "melon-p", "melon-fo"))
+  return MelonExperimentConfig(strategies=("fine-tune", "retrain", "replay", "eals", "mwnet", "metasgd",
+                                           "melon", "melon-authors", "melon-i", "melon-p", "melon-fo"))
 
 
 def _experiment(ctx: RunContext) -> ExperimentResult:
