@@ -12,13 +12,16 @@ uniform random users and items (the most distinct rows a batch can touch). Three
   update of those rows only, in place under the donated jit.
 
 Each update is `learner.jit_update(learner)` (state donated) on pre-built device batches (host work
-excluded): 3 warm-up steps (compilation), then `--windows` windows of `--steps` steps, each window
-closed by `jax.block_until_ready`; the reported time per step is the median window / steps. All rows
-come from one run. Ratios printed: each update's step time at the largest vs the smallest user count
-(target for the row-sparse updates: <= 1.5x from 10k to 1M users), and dense / sparse at each size.
+excluded): every cell is built, compiled and warmed up (3 steps) first, then `--windows` rounds run one
+window of `--steps` steps of every cell in turn (so a change of the machine's load hits every cell
+alike), each window closed by `jax.block_until_ready`. The table and the ratios use the best window's
+wall time per step (the least disturbed by other processes on a shared machine); the median window
+and the median process CPU time per step are printed beside it. All rows come from one run. Ratios
+printed: each update's step time at the largest vs the smallest user count (target for the row-sparse
+updates: <= 1.5x from 10k to 1M users), and dense / sparse at each size.
 
 Run:  python -m benchmarks.bench_sparse_optim [--users=10000,100000,1000000] [--items=100000]
-      [--batch=1024] [--dim=64] [--steps=10] [--windows=3] [--models=mf-bpr,2ts-stage1]
+      [--batch=1024] [--dim=64] [--steps=10] [--windows=5] [--models=mf-bpr,2ts-stage1]
 """
 
 from __future__ import annotations
@@ -77,25 +80,29 @@ def _tts(num_users, num_items, args, update):
 MODELS = {"mf-bpr": _mf, "2ts-stage1": _tts}
 
 
-def time_update(learner, params, batches, steps: int, windows: int) -> float:
-  """Median seconds per step over ``windows`` windows of ``steps`` donated, jitted updates."""
-  update = learner_lib.jit_update(learner)
-  state = learner.init(params, jax.random.key(0))
-  del params
-  key = jax.random.key(1)
-  for i in range(3):  # compile + warm up
-    state, m = update(state, batches[i % len(batches)], jax.random.fold_in(key, i))
-  jax.block_until_ready(state)
-  times = []
-  for w in range(windows):
-    t0 = time.perf_counter()
-    for i in range(steps):
-      state, m = update(state, batches[i % len(batches)], jax.random.fold_in(key, 10 + w * steps + i))
-    jax.block_until_ready((state, m))
-    times.append((time.perf_counter() - t0) / steps)
-  if not np.isfinite(float(m["loss"])):
-    raise RuntimeError("non-finite loss in the benchmark")
-  return statistics.median(times)
+class Timed:
+  """One (model, users, update) cell: its jitted donated update, its state and its batches."""
+
+  def __init__(self, learner, params, batches):
+    self.update = learner_lib.jit_update(learner)
+    self.state = learner.init(params, jax.random.key(0))
+    self.batches = batches
+    self.key = jax.random.key(1)
+    self.calls = 0
+    self.window(3)  # compile + warm up
+    self.wall, self.cpu = [], []
+
+  def window(self, steps: int):
+    """Runs ``steps`` updates, blocks, and returns (wall, process CPU) seconds per step."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+      self.state, m = self.update(self.state, self.batches[self.calls % len(self.batches)],
+                                  jax.random.fold_in(self.key, self.calls))
+      self.calls += 1
+    jax.block_until_ready((self.state, m))
+    if not np.isfinite(float(m["loss"])):
+      raise RuntimeError("non-finite loss in the benchmark")
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def main(argv=None) -> int:
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
   ap.add_argument("--dim", type=int, default=64)
   ap.add_argument("--lr", type=float, default=1e-3)
   ap.add_argument("--steps", type=int, default=10)
-  ap.add_argument("--windows", type=int, default=3)
+  ap.add_argument("--windows", type=int, default=5)
   ap.add_argument("--models", default="mf-bpr,2ts-stage1")
   args = ap.parse_args(argv)
   users = [int(u) for u in args.users.split(",")]
@@ -119,16 +126,26 @@ def main(argv=None) -> int:
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; items {args.items}, batch {args.batch}, "
         f"dim {args.dim}, {args.windows} x {args.steps} timed steps")
   t_start = time.perf_counter()
-  res = {}
+  cells = {}
   for model in models:
     for u in users:
       for upd in UPDATES:
-        learner, params, batches = MODELS[model](u, args.items, args, upd)
-        res[model, u, upd] = time_update(learner, params, batches, args.steps, args.windows)
-        print(f"{model:11s} users {u:>8d}  {upd:16s} {1e3 * res[model, u, upd]:9.2f} ms/step", flush=True)
-        del learner, params, batches
+        cells[model, u, upd] = Timed(*MODELS[model](u, args.items, args, upd))
+  print(f"built and compiled {len(cells)} cells in {time.perf_counter() - t_start:.0f} s", flush=True)
+  # Rounds over every cell, so that the machine's load drifts over all cells alike.
+  for _ in range(args.windows):
+    for cell in cells.values():
+      wall, cpu = cell.window(args.steps)
+      cell.wall.append(wall)
+      cell.cpu.append(cpu)
+  res = {k: min(c.wall) for k, c in cells.items()}
+  for (model, u, upd), c in cells.items():
+    print(f"{model:11s} users {u:>8d}  {upd:16s} wall ms/step min {1e3 * min(c.wall):8.2f} median "
+          f"{1e3 * statistics.median(c.wall):8.2f}; process CPU ms/step median "
+          f"{1e3 * statistics.median(c.cpu):8.2f}")
   cols = " | ".join(f"{x} ms/step" for x in UPDATES)
-  print(f"\n| model | users | {cols} | dense / lazy | dense / rowwise |")
+  print("\nbest window, wall ms/step:")
+  print(f"| model | users | {cols} | dense / lazy | dense / rowwise |")
   print("|" + " --- |" * (4 + len(UPDATES)))
   for model in models:
     for u in users:
