@@ -193,7 +193,9 @@ def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Op
 
   for name in config.strategies:
     if name in sml.VARIANTS:
-      learner, jit = sml.learner(_sml_config(config, name, pb.test[0]), module, data.block_size), True
+      warmup = [data.block(t) for t in pb.train] if config.sml.passes > 1 else ()
+      learner = sml.learner(_sml_config(config, name, pb.test[0]), module, data.block_size, warmup)
+      jit = True
     else:
       d = strategies_lib.get(name)
       learner, jit = d.make(env), d.jittable

@@ -313,6 +313,25 @@ def test_first_task_trains_the_transfer_before_it_serves(tiny_stream, first_task
                                 rtol=1e-5, atol=1e-6)
 
 
+def test_multiple_passes_train_theta_on_the_training_periods_only(tiny_stream):
+  """Sec. 3.3's multiple passes: init runs passes - 1 passes over the warm-up blocks, then the stream
+  starts from the pre-trained tables with the trained Theta."""
+  pb, module, params = tiny_stream
+  data = pb.data
+  warm = [data.block(t) for t in pb.train[:2]]
+  one = sml.learner(_cfg(), module, data.block_size).init(params, jax.random.PRNGKey(1))
+  two_l = sml.learner(_cfg(passes=2), module, data.block_size, warm)
+  two = two_l.init(params, jax.random.PRNGKey(1))
+  w0 = sml.tables_of(params)
+  for tabs in (two.prev, two.hat, two.served):
+    chex.assert_trees_all_equal(tabs, w0)
+  assert int(two.blocks) == 0 and not bool(two.last["mask"].any())
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(two.theta),
+                                                           jax.tree.leaves(one.theta))) > 0
+  with pytest.raises(ValueError, match="passes"):
+    sml.learner(_cfg(passes=2), module, data.block_size)
+
+
 def test_first_block_is_scored_by_the_initial_model_and_no_recompile(tiny_stream):
   pb, module, params = tiny_stream
   data = pb.data

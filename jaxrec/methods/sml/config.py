@@ -54,6 +54,10 @@ class SMLConfig:
     freeze_from: ``sml-s``: first block (0-based) whose update leaves the transfer as it is.
     hat_from_output, carry_step1_state: the authors' coded Step 1 (set by ``sml-code``).
     first_task: what the first streamed block's task starts from (see the module docstring).
+    passes: passes of sequential training over the training periods (Sec. 3.3: "we can run multiple
+      passes of such sequential training on {D_t}"; the paper runs one). Passes before the last run in
+      the learner's ``init`` over the warm-up blocks it is given; each ends by restarting the tables
+      from the pre-trained model, keeping ``Theta`` and its optimizer state.
     transfer_untouched: pass every row through the transfer (paper, authors' code); False: rows that
       no Step 1 of the period moved keep ``W_{t-1}`` (ours, for periods that touch few rows).
   """
@@ -79,6 +83,7 @@ class SMLConfig:
   carry_step1_state: bool = False
   transfer_untouched: bool = True
   first_task: str = "initial"
+  passes: int = 1
 
   def __post_init__(self):
     check_fields(self, {
@@ -90,7 +95,8 @@ class SMLConfig:
         "step2_weight_decay": ("float", 0, False), "num_negatives": ("int", 1, False),
         "freeze_from": ("int", 0, False), "detach_hat": ("bool", None, False),
         "hat_from_output": ("bool", None, False), "carry_step1_state": ("bool", None, False),
-        "transfer_untouched": ("bool", None, False), "first_task": (FIRST_TASKS, None, False)})
+        "transfer_untouched": ("bool", None, False), "first_task": (FIRST_TASKS, None, False),
+        "passes": ("int", 1, False)})
     if len(tuple(self.filters)) != 2 or min(self.filters) < 1:
       raise ConfigError(type(self).__name__, "filters", f"must be two positive counts, got {self.filters}")
     if self.first_task == "zeros" and (self.variant == "sml-code" or self.eps == 0):

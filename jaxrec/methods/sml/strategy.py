@@ -185,14 +185,35 @@ def init_state(config: SMLConfig, params, rng: jax.Array, block_size: int) -> SM
                   blocks=jnp.zeros((), jnp.int32))
 
 
-def learner(config: SMLConfig, module, block_size: int) -> learner_lib.Learner:
-  """SML as a :class:`~jaxrec.train.learner.Learner` whose batch is a block (see module docstring)."""
+def learner(config: SMLConfig, module, block_size: int, warmup=()) -> learner_lib.Learner:
+  """SML as a :class:`~jaxrec.train.learner.Learner` whose batch is a block (see module docstring).
+
+  ``warmup``: host blocks (``{"user", "positive", "mask"}``, the training periods in order) of the
+  ``config.passes - 1`` passes that ``init`` runs before the stream's own pass (Sec. 3.3's multiple
+  passes; needed when ``passes > 1``).
+  """
   if not isinstance(module, mf.MF) or module.use_bias:
     raise ValueError("the SML strategy needs an MF module without biases (mf-log/mf-bpr with "
                      f"use_bias=False, Eq. 12), got {module!r}")
+  warmup = tuple(warmup)
+  if config.passes > 1 and not warmup:
+    raise ValueError(f"SMLConfig.passes={config.passes} needs the training periods' blocks (warmup=)")
   update = make_update(config, int(module.dim), int(module.num_users), int(module.num_items))
-  return learner_lib.Learner(init=lambda params, rng: init_state(config, params, rng, block_size),
-                             update=update, params=_served)
+
+  def init(params, rng):
+    state = init_state(config, params, rng, block_size)
+    if config.passes == 1:
+      return state
+    step = jax.jit(update, donate_argnums=0)
+    fresh = init_state(config, params, rng, block_size)  # the tables every pass starts from
+    for p in range(config.passes - 1):
+      for t, block in enumerate(warmup):
+        state, _ = step(state, jax.tree.map(jnp.asarray, block), jax.random.fold_in(rng, p * 100_003 + t))
+      state = fresh.replace(theta=state.theta, theta_opt=state.theta_opt)
+      fresh = init_state(config, params, rng, block_size)
+    return state
+
+  return learner_lib.Learner(init=init, update=update, params=_served)
 
 
 def strategy_for(config: SMLConfig):
