@@ -5,6 +5,7 @@ differences, eALS's weighting against a brute-force loss, and the strategies' co
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from absl.testing import absltest, parameterized
@@ -211,10 +212,13 @@ class MetaGradientTest(parameterized.TestCase):
 class EalsTest(parameterized.TestCase):
 
   def test_weights_new_interactions_by_w_new(self, w_new=4.0):
-    """One eALS step == one Adam step on a brute-force weighted loss: the batch's rows weighted
-    ``w_new``, each batch user's / item's sampled earlier interactions weighted 1."""
+    """One eALS step == one SGD step on a brute-force weighted loss: the batch's rows weighted
+    ``w_new``, each batch user's / item's sampled earlier interactions weighted 1. (SGD, so that the
+    step is the weighted gradient itself: Adam's first step is close to ``lr * sign(grad)`` and hides
+    the weights.)"""
     model, k = "mf-bpr", 2
-    env = _env(model)
+    env = strategies_lib.Env(model, _module(model), dataclasses.replace(STRATEGY, optimizer="sgd",
+                                                                        learning_rate=1.0), _data())
     module = env.module
     cfg = baselines.EalsConfig(w_new=w_new, old_per_node=k)
     st = baselines.static(env, cfg)
