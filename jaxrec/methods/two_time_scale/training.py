@@ -277,7 +277,8 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
           metric: Optional[str] = "mrr",
           patience: Optional[int] = None, time_limit: Optional[float] = None,
           workdir: Optional[str] = None, progress: bool = False,
-          stage1_params: Optional[Params] = None) -> TrainResult:
+          stage1_params: Optional[Params] = None,
+          stage1_optimizer: Optional[str] = None) -> TrainResult:
   """Trains stage 1 (CCF) then stage 2 (or the single stage) with :func:`jaxrec.train.stages.run_stages`.
 
   Each stage is one :class:`~jaxrec.train.stages.Stage`: :func:`stage_learner`,
@@ -302,6 +303,9 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
       stage-1 configuration, e.g. the ``"ccf"`` variant's: stage 1 is skipped and stage 2 starts from them
       (the two-stage variants share one stage 1). Stage 2 then runs exactly as after its own stage 1 (same
       keys); the history holds stage 2 only.
+    stage1_optimizer: None (the paper's dense Adam) or a row-sparse table optimizer for stage 1
+      (:func:`sparse_stage1_learner`: ``"lazy-adam"``, ``"rowwise-adagrad"``, ``"adagrad"``), whose step
+      cost does not grow with the number of users and items; recorded in the workdir's run config.
 
   Returns:
     :class:`TrainResult`.
@@ -312,6 +316,11 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
   k_init, k_train = jax.random.split(jax.random.key(cfg.seed))
   params = model_lib.init_params(cfg, k_init, data.num_users, data.num_items, feat_dim)
   names = stage_names(cfg)
+  if stage1_optimizer is not None and stage1_optimizer not in sparse_lib.OPTIMIZERS:
+    raise ValueError(f"stage1_optimizer must be one of {sorted(sparse_lib.OPTIMIZERS)}, "
+                     f"got {stage1_optimizer!r}")
+  if stage1_optimizer is not None and "stage1" not in names:
+    raise ValueError(f"stage1_optimizer: variant {cfg.variant!r} has no stage 1")
   if stage1_params is not None:
     if names != ("stage1", "stage2"):
       raise ValueError(f"stage1_params: variant {cfg.variant!r} has no separate stage 2")
@@ -350,7 +359,11 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
     # another one stops with one line (jaxrec.train.loop.check_run_config).
     run_config = {"tts": dataclasses.asdict(cfg), "num_users": data.num_users,
                   "num_items": data.num_items, "train_pairs": int(data.pair_user.shape[0])}
-    stages.append(stages_lib.Stage(name=name, learner=stage_learner(cfg, params, name),
+    learner = stage_learner(cfg, params, name)
+    if name == "stage1" and stage1_optimizer is not None:
+      learner = sparse_stage1_learner(cfg.static(), stage1_optimizer, with_features=feats is not None)
+      run_config["stage1_optimizer"] = stage1_optimizer
+    stages.append(stages_lib.Stage(name=name, learner=learner,
                                    batches_fn=batches_fn, config=loop_cfg, eval_fn=stage_eval,
                                    run_config=run_config))
   params, histories = stages_lib.run_stages(stages, params, rng=k_train, workdir=workdir,
