@@ -225,6 +225,22 @@ class SparseLearnerTest(absltest.TestCase):
     chex.assert_trees_all_close(sp, dn, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(sp_losses, dn_losses, rtol=1e-5)
 
+  def test_2ts_train_with_a_sparse_stage1_through_the_loop_resumes(self):
+    import tempfile
+    from jaxrec.data import datasets, splits
+    log = splits.chronological(datasets.load_dataset("synthetic:tiny", seed=0)).train
+    cfg = tts.TwoTimeScaleConfig(variant="ccf", d_id=8, d_feat=4, feat_hidden=8, epochs_stage1=2,
+                                 batch_stage1=64, lr_stage1=0.01)
+    ref = tts.train(cfg, log, stage1_optimizer="lazy-adam")
+    losses = [h["loss"] for h in ref.history]
+    self.assertLess(losses[-1], losses[0])
+    with tempfile.TemporaryDirectory() as d:
+      tts.train(cfg, log, stage1_optimizer="lazy-adam", workdir=d)
+      again = tts.train(cfg, log, stage1_optimizer="lazy-adam", workdir=d)  # restored from its checkpoint
+      chex.assert_trees_all_equal(again.params, ref.params)
+    with self.assertRaisesRegex(ValueError, "stage1_optimizer must be one of"):
+      tts.train(cfg, log, stage1_optimizer="adam")
+
   def test_bad_configuration_is_one_line(self):
     _, module, params = self._mf("mf-log")
     lookups = sparse.RowLookups(**mf.row_lookups(module))
