@@ -27,12 +27,13 @@ functions:
     stops being touched; on a step that touches every row the two agree exactly.
 
 * **the learner** (:func:`row_sparse_learner`): no dense ``[rows, d]`` gradient is ever formed. For each
-  *group* of ids (e.g. users; items) the batch's ids are deduplicated into ``n`` distinct rows (``n`` =
-  the number of id slots the group's batch fields hold, static), the group's tables are gathered into
-  compact ``[n, ...]`` tables, the batch's ids are replaced by their positions in the compact tables,
-  and the model's own loss is differentiated with respect to the compact tables (autodiff sums the
-  duplicates). The model sees an ordinary (smaller) table: ``make_loss(sizes)`` returns the model's
-  unchanged loss for tables of ``sizes[group]`` rows (for a Flax model, ``module.clone(num_users=...)``).
+  *group* of ids (e.g. users; items) the batch's ids are deduplicated into ``k`` slots
+  (``k = min(n, rows + 1)``, ``n`` the number of id slots the group's batch fields hold: static), the
+  group's tables are gathered into compact ``[k, ...]`` tables, the batch's ids are replaced by their
+  positions in the compact tables, and the model's own loss is differentiated with respect to the
+  compact tables (autodiff sums the duplicates). The model sees an ordinary (smaller) table:
+  ``make_loss(sizes)`` returns the model's unchanged loss for tables of ``sizes[group] = k`` rows (for a
+  Flax model, ``module.clone(num_users=...)``).
   Parameters that are not tables (an MLP, a global bias, small tables one prefers dense) go through an
   optax transform as in :func:`jaxrec.train.learner.gradient_learner`. The state is a
   :class:`jaxrec.train.state.TrainState`, so ``loop.train``, checkpoints and resume work unchanged.
@@ -278,7 +279,7 @@ def row_sparse_learner(make_loss: Callable[[Mapping[str, int]], LossFn], lookups
   """A :class:`~jaxrec.train.learner.Learner` whose tables are updated by ``row_opt`` row-sparsely.
 
   One update: ``batch = prepare(params, batch, rng)`` (e.g. negatives sampled from the full table's
-  size); per group, the distinct ids of the unmasked examples (:func:`unique_rows`, ``n`` slots); the
+  size); per group, the distinct ids of the unmasked examples (:func:`unique_rows`, ``k`` slots); the
   compact tables ``table[rows]``; ``loss, grads = value_and_grad(make_loss(sizes))`` at the compact
   tables, the dense parameters and the batch with ids replaced by compact positions; then
   ``row_opt.update_unique`` on each table and ``dense_tx`` on the rest. Metrics as
@@ -286,8 +287,8 @@ def row_sparse_learner(make_loss: Callable[[Mapping[str, int]], LossFn], lookups
   gradient: fill slots excluded, duplicates summed).
 
   Args:
-    make_loss: ``make_loss({group: n}) -> loss_fn(params, batch, rng) -> (loss, aux)``, the model's loss
-      for tables of ``n`` rows (called at trace time; ``n`` is static).
+    make_loss: ``make_loss({group: k}) -> loss_fn(params, batch, rng) -> (loss, aux)``, the model's loss
+      for tables of ``k`` rows (called at trace time; ``k`` is static).
     lookups: :class:`RowLookups`.
     row_opt: the tables' optimizer (:func:`lazy_adam`, :func:`rowwise_adagrad`, :func:`adagrad`).
     dense_tx: the optimizer of the other parameters (required when there are any).
