@@ -13,11 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import flax
 
 from jaxrec.data import preprocess, synthetic
 from jaxrec.methods.melon import baselines
 from jaxrec.methods.melon import history as history_lib
+from jaxrec.methods.melon import meta_model as meta_lib
 from jaxrec.methods.melon import rows
+from jaxrec.methods.melon import s2meta
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import loop as loop_lib
@@ -28,7 +31,7 @@ from tests import learner_contract
 
 _observe = jax.jit(history_lib.observe)
 STRATEGY = strategies_lib.StrategyConfig(batch_size=64, num_negatives=1, loss="bpr", weight_decay=1e-3)
-NAMES = ("eals", "mwnet", "metasgd")
+NAMES = ("eals", "mwnet", "metasgd", "s2meta")
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,6 +212,58 @@ class MetaGradientTest(parameterized.TestCase):
         _fd_check(self, ours, alpha, g, 5)
 
 
+  def test_s2meta_meta_gradient_matches_reference_and_fd(self):
+    """Du et al.'s update controller on the full tables: touched rows ``f o theta - i o gbar`` with
+    ``(i, f)`` the meta-LSTM gates of ``[gbar, L, theta, gate_prev]``, ``gbar`` the row-mean gradient."""
+    with jax.enable_x64():
+      model = "ncf"
+      module = _module(model)
+      params, roles, prev, now, slots_prev, slots_now, inv_prev, inv_now = _meta_problem(model)
+      phi = _random_like(s2meta.init_meta(s2meta.S2MetaConfig(), jax.random.PRNGKey(0)), 3, scale=0.5)
+      gate_state = {"i": _random_like(params, 4, 0.1, 0.2), "f": _random_like(params, 5, 0.1, 0.8)}
+      loss_fn = rows.local_loss(module, "bpr")
+      ours = s2meta.objective(loss_fn, roles, inv_prev, inv_now, gate_state)
+
+      def sig(x):
+        return 1.0 / (1.0 + jnp.exp(-x))
+
+      def reference(phi):
+        m = prev["mask"].astype(jnp.float64)
+        per = _bpr_rows(module, params, prev["user"], slots_prev)
+        loss = jnp.sum(m * per) / m.sum()
+        gbar = _reference_after(model, params, prev["user"], slots_prev, m, jnp.ones_like(m), -1.0)
+        gbar = jax.tree.map(lambda a, p: a - p, gbar, params)  # Gbar = G / count (dense: / n)
+        # Rows the previous batch touches (only they are updated).
+        cu = jnp.zeros((module.num_users,)).at[prev["user"]].add(m) > 0
+        ci = jnp.zeros((module.num_items,)).at[slots_prev.reshape(-1)].add(
+            jnp.repeat(m, slots_prev.shape[1])) > 0
+        flat = {}
+        for kind, (pd, gd, ipd, fpd) in zip((rows.USER, rows.ITEM, rows.DENSE), zip(
+            rows.split(params, roles), rows.split(gbar, roles), rows.split(gate_state["i"], roles),
+            rows.split(gate_state["f"], roles))):
+          for path, theta in pd.items():
+            g = gd[path]
+            pre = lambda x: meta_lib.preprocess(x)  # noqa: E731
+            x = jnp.concatenate([pre(g), jnp.broadcast_to(pre(loss), g.shape + (2,)), theta[..., None]], -1)
+            i = sig(jnp.concatenate([x, ipd[path][..., None]], -1) @ phi["w_i"] + phi["b_i"])
+            f = sig(jnp.concatenate([x, fpd[path][..., None]], -1) @ phi["w_f"] + phi["b_f"])
+            new = f * theta - i * g
+            if kind != rows.DENSE:
+              hit = (cu if kind == rows.USER else ci).reshape((-1,) + (1,) * (theta.ndim - 1))
+              new = jnp.where(hit, new, theta)
+            flat[path] = new
+        after = {"params": flax.traverse_util.unflatten_dict(flat)}
+        mn = now["mask"].astype(jnp.float64)
+        return jnp.sum(mn * _bpr_rows(module, after, now["user"], slots_now)) / mn.sum()
+
+      (v, g), (v_ref, g_ref) = (jax.jit(jax.value_and_grad(f))(phi) for f in (ours, reference))
+      np.testing.assert_allclose(v, v_ref, rtol=1e-10)
+      self.assertGreater(float(optax.global_norm(g_ref)), 1e-8)
+      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-14)
+      _fd_check(self, ours, phi, g, 6)
+
+
 class EalsTest(parameterized.TestCase):
 
   def test_weights_new_interactions_by_w_new(self, w_new=4.0):
@@ -276,7 +331,7 @@ class StrategyTest(parameterized.TestCase):
       self.assertTrue(strategies_lib.get(name).jittable)
 
   @parameterized.parameters(("eals", "mf-bpr"), ("mwnet", "mf-bpr"), ("metasgd", "mf-bpr"),
-                            ("metasgd", "ncf"))
+                            ("s2meta", "mf-bpr"), ("metasgd", "ncf"))
   def test_contract_and_no_recompile(self, name, model):
     """(ncf once: its dense layers take the selective update's batch-mean path; the eALS and MW-Net
     steps on ncf are the Default's dense optimizer step, and MW-Net's virtual step on ncf is checked

@@ -161,7 +161,7 @@ def _sg(tree):
   return jax.tree.map(jax.lax.stop_gradient, tree)
 
 
-def _guard(pred, new, old):
+def guard(pred, new, old):
   return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
@@ -187,7 +187,7 @@ def weighted_step(st: Static, ts: state_lib.TrainState, users, positives, negati
                                                        weights))(params)
   updates, opt = st.optimizer().update(g, ts.opt_state, params)
   new = ts.replace(step=ts.step + 1, params=optax.apply_updates(params, updates), opt_state=opt)
-  return _guard((weights > 0).any(), new, ts), loss
+  return guard((weights > 0).any(), new, ts), loss
 
 
 def block_scan(step: Callable, batch_size: int, state, block: dict, rng):
@@ -299,7 +299,7 @@ class MetaState:
   prev: dict
 
 
-def _problem(st: Static, params, prev: dict, batch: dict, rng):
+def meta_problem(st: Static, params, prev: dict, batch: dict, rng):
   roles = rows.leaf_roles(params)
   loss_fn = rows.local_loss(st.module, st.loss)
   k_prev, k_now = jax.random.split(rng)
@@ -330,7 +330,7 @@ def _meta_update(st: Static, objective, meta, meta_opt, ok):
   meta_loss, g = jax.value_and_grad(objective)(meta)
   updates, new_opt = st.meta_tx().update(g, meta_opt, meta)
   new_meta = optax.apply_updates(meta, updates)
-  return _guard(ok, new_meta, meta), _guard(ok, new_opt, meta_opt), meta_loss, optax.global_norm(g)
+  return guard(ok, new_meta, meta), guard(ok, new_opt, meta_opt), meta_loss, optax.global_norm(g)
 
 
 def mwnet_step(st: Static, state: MetaState, batch: dict, rng):
@@ -338,7 +338,7 @@ def mwnet_step(st: Static, state: MetaState, batch: dict, rng):
   cfg: MetaLearnedConfig = st.method
   k_problem, k_neg = jax.random.split(rng)
   params = state.train.params
-  _, loss_fn, inv_prev, inv_now = _problem(st, params, state.prev, batch, k_problem)
+  _, loss_fn, inv_prev, inv_now = meta_problem(st, params, state.prev, batch, k_problem)
   ok = inv_prev.mask.any() & inv_now.mask.any()
   meta, meta_opt, meta_loss, gnorm = _meta_update(st, mwnet_objective(cfg, loss_fn, inv_prev, inv_now),
                                                   state.meta, state.meta_opt, ok)
@@ -347,7 +347,7 @@ def mwnet_step(st: Static, state: MetaState, batch: dict, rng):
   w = mwnet_weights(cfg, meta, per, m)
   ts, loss = weighted_step(st, state.train, batch["user"], batch["positive"], inv_now.item_idx[:, 1:], w)
   real = batch["mask"].any()
-  new = MetaState(train=ts, meta=meta, meta_opt=meta_opt, prev=_guard(real, batch, state.prev))
+  new = MetaState(train=ts, meta=meta, meta_opt=meta_opt, prev=guard(real, batch, state.prev))
   wstd = jnp.sqrt(jnp.sum(m * (w - jnp.sum(w * m) / jnp.maximum(m.sum(), 1)) ** 2) / jnp.maximum(m.sum(), 1))
   return new, {"loss": loss, "meta_loss": meta_loss, "meta_grad_norm": gnorm, "weight_std": wstd,
                "real": real}
@@ -378,7 +378,7 @@ def metasgd_objective(loss_fn, roles, inv_prev: rows.Involved, inv_now: rows.Inv
 def metasgd_step(st: Static, state: MetaState, batch: dict, rng):
   """One mini-batch of the online Meta-SGD (module docstring)."""
   params = state.train.params
-  roles, loss_fn, inv_prev, inv_now = _problem(st, params, state.prev, batch, rng)
+  roles, loss_fn, inv_prev, inv_now = meta_problem(st, params, state.prev, batch, rng)
   ok = inv_prev.mask.any() & inv_now.mask.any()
   alpha, meta_opt, meta_loss, gnorm = _meta_update(st, metasgd_objective(loss_fn, roles, inv_prev, inv_now),
                                                    state.meta, state.meta_opt, ok)
@@ -387,8 +387,8 @@ def metasgd_step(st: Static, state: MetaState, batch: dict, rng):
   real = batch["mask"].any()
   m = batch["mask"].astype(ps.loss.dtype)
   ts = state.train.replace(step=state.train.step + real.astype(jnp.int32),
-                           params=_guard(real, new_params, params))
-  new = MetaState(train=ts, meta=alpha, meta_opt=meta_opt, prev=_guard(real, batch, state.prev))
+                           params=guard(real, new_params, params))
+  new = MetaState(train=ts, meta=alpha, meta_opt=meta_opt, prev=guard(real, batch, state.prev))
   mean_alpha = jnp.mean(jnp.stack([jnp.mean(x) for x in jax.tree.leaves(alpha)]))
   return new, {"loss": jnp.sum(ps.loss * m) / jnp.maximum(m.sum(), 1.0), "meta_loss": meta_loss,
                "meta_grad_norm": gnorm, "mean_alpha": mean_alpha, "real": real}
@@ -400,7 +400,7 @@ STEPS = {"eals": eals_step, "mwnet": mwnet_step, "metasgd": metasgd_step}
 
 
 @functools.lru_cache(maxsize=None)
-def _update(kind: str, st: Static, batch_size: int):
+def update_fn(kind: str, st: Static, batch_size: int):
   step = functools.partial(STEPS[kind], st)
 
   def update(state, block, rng):
@@ -410,18 +410,18 @@ def _update(kind: str, st: Static, batch_size: int):
 
 
 @jax.jit
-def _copy(tree):
+def copy_tree(tree):
   return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
 
-def _offline(kind: str, st: Static, env: strategies_lib.Env, state, epochs: int, rng):
+def offline_pass(kind: str, st: Static, env: strategies_lib.Env, state, epochs: int, rng):
   """``epochs`` time-ordered passes of the step over rows ``[0, offline_end)`` (chunks of
   ``block_size`` rows laid out as the stream's blocks, so the stream reuses the compiled update)."""
   n = env.data.offline_end
   bs = env.data.block_size
   pre = env.data.rows(0, n)
   update = learner_lib.jit_update(
-      learner_lib.Learner(init=None, update=_update(kind, st, env.config.batch_size), params=None))
+      learner_lib.Learner(init=None, update=update_fn(kind, st, env.config.batch_size), params=None))
   for e in range(epochs):
     for i, lo in enumerate(range(0, n, bs)):
       block = blocks_lib.pad_rows({k: v[lo:lo + bs] for k, v in pre.items()}, bs)
@@ -430,7 +430,7 @@ def _offline(kind: str, st: Static, env: strategies_lib.Env, state, epochs: int,
   return state
 
 
-def _last_offline_batch(env: strategies_lib.Env) -> dict:
+def last_offline_batch(env: strategies_lib.Env) -> dict:
   n, b = env.data.offline_end, env.config.batch_size
   lo = max(0, n - b)
   block = blocks_lib.pad_rows({k: env.data.examples[k][lo:n] for k in ("user", "positive")}, b)
@@ -438,7 +438,7 @@ def _last_offline_batch(env: strategies_lib.Env) -> dict:
           "positive": jnp.asarray(block["positive"], jnp.int32), "mask": jnp.asarray(block["mask"])}
 
 
-def _params(state):
+def served_params(state):
   return state.train.params
 
 
@@ -451,7 +451,8 @@ def eals(env: strategies_lib.Env, config: EalsConfig = EalsConfig()) -> learner_
     hist = history_lib.empty(env.module.num_users, env.module.num_items, k)
     return EalsState(train=_create_fn(st)(params), history=_fill_history(env, hist, rng))
 
-  return learner_lib.Learner(init=init, update=_update("eals", st, env.config.batch_size), params=_params)
+  return learner_lib.Learner(init=init, update=update_fn("eals", st, env.config.batch_size),
+                             params=served_params)
 
 
 @functools.lru_cache(maxsize=None)
@@ -504,13 +505,13 @@ def _meta_learner(kind: str, env: strategies_lib.Env, config: MetaLearnedConfig)
   def init(params, rng):
     meta_key, pass_key = jax.random.split(rng)
     state = _fresh_fn(kind, st, b)(params, meta_key)
-    served = _copy(state.train) if config.offline_meta_only else None
-    state = _offline(kind, st, env, state, config.offline_epochs, pass_key)
+    served = copy_tree(state.train) if config.offline_meta_only else None
+    state = offline_pass(kind, st, env, state, config.offline_epochs, pass_key)
     if served is not None:
       state = state.replace(train=served)
-    return state.replace(prev=_last_offline_batch(env))
+    return state.replace(prev=last_offline_batch(env))
 
-  return learner_lib.Learner(init=init, update=_update(kind, st, b), params=_params)
+  return learner_lib.Learner(init=init, update=update_fn(kind, st, b), params=served_params)
 
 
 def mwnet(env: strategies_lib.Env, config: MetaLearnedConfig = MetaLearnedConfig()) -> learner_lib.Learner:
@@ -523,7 +524,7 @@ def metasgd(env: strategies_lib.Env, config: MetaLearnedConfig = MetaLearnedConf
   return _meta_learner("metasgd", env, config)
 
 
-BASELINES = {"eals": eals, "mwnet": mwnet, "metasgd": metasgd}
+BASELINES = {"eals": eals, "mwnet": mwnet, "metasgd": metasgd}  # and "s2meta" in :mod:`.s2meta`
 
 for _name, _make in BASELINES.items():
   if _name not in strategies_lib.STRATEGIES:
