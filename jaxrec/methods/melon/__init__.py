@@ -10,7 +10,8 @@
   update) as one pure jittable function.
 * :mod:`.strategy`: the stream strategy (``melon``, ``melon-authors``, ``melon-i``, ``melon-p``,
   ``melon-fo``) registered in :data:`jaxrec.stream.strategies.STRATEGIES`.
-* :mod:`.baselines`: Table 2's other update strategies (``eals``, ``mwnet``, ``metasgd``), registered too.
+* :mod:`.baselines`: Table 2's other update strategies (``eals``, ``mwnet``, ``metasgd``), registered too;
+  :mod:`.s2meta`: ``s2meta``.
 
 Usage::
 
@@ -22,9 +23,10 @@ Usage::
 
 from jaxrec.methods.melon import history, meta_model, rows, step, strategy
 from jaxrec.methods.melon import baselines  # registers eals, mwnet, metasgd
+from jaxrec.methods.melon import s2meta  # registers s2meta
 from jaxrec.methods.melon.meta_model import MetaConfig
 from jaxrec.methods.melon.step import MelonState, StepConfig
 from jaxrec.methods.melon.strategy import AUTHORS, VARIANTS, MelonConfig, make
 
 __all__ = ["AUTHORS", "MelonConfig", "MelonState", "MetaConfig", "StepConfig", "VARIANTS", "history", "make",
-           "meta_model", "rows", "step", "strategy", "baselines"]
+           "meta_model", "rows", "step", "strategy", "baselines", "s2meta"]
