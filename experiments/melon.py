@@ -18,7 +18,7 @@ Strategies: any of :data:`jaxrec.stream.strategies.STRATEGIES` (``fine-tune`` is
 Adam 1e-3, weight decay 1e-3, one update per batch; ``retrain``, ``replay``), and MeLON's variants
 (:data:`jaxrec.methods.melon.VARIANTS`: ``melon``, ``melon-authors``, ``melon-i``, ``melon-p``, ``melon-fo``),
 built with ``config.melon`` (its ``meta``/``order`` replaced by the variant's), and Table 2's other
-baselines (:mod:`jaxrec.methods.melon.baselines`: ``eals``, ``mwnet``, ``metasgd``, with their defaults).
+baselines (:mod:`jaxrec.methods.melon.baselines`: ``eals``, ``mwnet``, ``metasgd``; ``s2meta``; defaults).
 Writes ``results.json``
 (config, tables, per-batch records with timings), ``ndcg-MODEL.png`` (Fig. 5: NDCG@10 per online batch) and
 ``time-MODEL.png`` (update seconds per batch); per-strategy median update time per batch in the table
@@ -282,7 +282,8 @@ def quick_config(suite: str) -> MelonExperimentConfig:
     return MelonExperimentConfig(models=("mf-bpr",), strategies=("fine-tune", "melon"), pretrain_epochs=3,
                                  max_blocks=10, full_ranking=False)
   return MelonExperimentConfig(strategies=("fine-tune", "retrain", "replay", "eals", "mwnet", "metasgd",
-                                           "melon", "melon-authors", "melon-i", "melon-p", "melon-fo"))
+                                           "s2meta", "melon", "melon-authors", "melon-i", "melon-p",
+                                           "melon-fo"))
 
 
 def _experiment(ctx: RunContext) -> ExperimentResult:
