@@ -332,6 +332,25 @@ def test_multiple_passes_train_theta_on_the_training_periods_only(tiny_stream):
     sml.learner(_cfg(passes=2), module, data.block_size)
 
 
+def test_pass_hat_init_passes_w_hat_through(tiny_stream):
+  """theta_init="pass-hat": the transfer starts close to f(w_prev, w_hat) = w_hat on the tables' rows
+  (d f / d w_hat ~ I, d f / d w_prev ~ 0), unlike the random start; "random" is the paper's."""
+  pb, module, params = tiny_stream
+  tc = _cfg().transfer_config(D)
+  w = sml.tables_of(params)["item"]
+  h = w + 0.5 * jnp.std(w) * jax.random.normal(jax.random.PRNGKey(3), w.shape)
+  def err(theta):
+    return float(jnp.mean((steps.transfer_tables(theta, {"item": w}, {"item": h}, tc)["item"] - h) ** 2))
+  rand = sml.learner(_cfg(), module, pb.data.block_size).init(params, jax.random.PRNGKey(1))
+  warm = sml.learner(_cfg(theta_init="pass-hat", theta_init_steps=1000), module,
+                     pb.data.block_size).init(params, jax.random.PRNGKey(1))
+  assert err(warm.theta) < 0.05 * err(rand.theta)
+  jac_hat = jax.jacfwd(lambda x: transfer.apply_row(warm.theta["item"], w[0], x, tc))(h[0])
+  jac_prev = jax.jacfwd(lambda x: transfer.apply_row(warm.theta["item"], x, h[0], tc))(w[0])
+  assert float(jnp.abs(jnp.diag(jac_hat)).mean()) > 2 * float(jnp.abs(jnp.diag(jac_prev)).mean())
+  chex.assert_trees_all_equal(warm.served, rand.served)  # only Theta changes
+
+
 def test_first_block_is_scored_by_the_initial_model_and_no_recompile(tiny_stream):
   pb, module, params = tiny_stream
   data = pb.data

@@ -176,6 +176,11 @@ def init_state(config: SMLConfig, params, rng: jax.Array, block_size: int) -> SM
   tcfg = c.transfer_config(dim)
   ku, ki = jax.random.split(rng)
   theta = {"user": transfer.init(ku, tcfg), "item": transfer.init(ki, tcfg)}
+  if c.theta_init == "pass-hat":  # ours: start from a transfer that passes w_hat through
+    fit = jax.jit(functools.partial(transfer.fit_pass_through, config=tcfg, steps=c.theta_init_steps,
+                                    learning_rate=c.step2_lr))
+    theta = {g: fit(jax.random.fold_in(k, 1), theta[g], tables[g])[0]
+             for g, k in (("user", ku), ("item", ki))}
   empty = {"user": jnp.zeros((block_size,), jnp.int32), "positive": jnp.zeros((block_size,), jnp.int32),
            "mask": jnp.zeros((block_size,), bool)}
   copy = lambda: jax.tree.map(jnp.copy, tables)  # three buffers: the loop donates the state

@@ -22,6 +22,11 @@ Variants (:class:`TransferConfig`):
 * ``cnn=False`` (SML-CNN, Sec. 4.3): no convolutions, ``z = GELU(W_f^T flatten(H0) + b1)``.
 * ``fc=False`` (SML-FC): no hidden FC layer, ``w = W_o^T flatten(H2) + b2``.
 
+:func:`fit_pass_through` warm-starts a network to pass ``w_hat`` through (``f(w, w + n) ~ w + n`` on a
+table's rows, ``n`` Gaussian noise): not in the paper (Algorithm 1 line 1 initialises ``Theta`` at
+random); an option of the strategy (``SMLConfig.theta_init``), because from a random ``Theta`` the
+transfer learned here collapses to a near-constant function of its inputs (a popularity model).
+
 Departure from the paper: the convolutions carry biases ``c1, c2`` (PyTorch's ``Conv2d`` default, as the
 authors' code has them; Eq. 5 writes none). Initialisation is PyTorch's default for ``Conv2d``/``Linear``
 (weights and biases uniform in ``+-1/sqrt(fan_in)``), as the authors' code gets it.
@@ -128,3 +133,25 @@ def apply_row(theta: dict, w_prev: jax.Array, w_hat: jax.Array, config: Transfer
 def apply_rows(theta: dict, w_prev: jax.Array, w_hat: jax.Array, config: TransferConfig) -> jax.Array:
   """``[R, d]`` rows -> ``[R, d]``: :func:`apply_row` vmapped over rows (the network is shared)."""
   return jax.vmap(apply_row, in_axes=(None, 0, 0, None))(theta, w_prev, w_hat, config)
+
+
+def fit_pass_through(rng: jax.Array, theta: dict, table: jax.Array, config: TransferConfig, *, steps: int,
+                     learning_rate: float = 1e-3, batch_size: int = 256, noise: float = 0.5):
+  """``theta`` after ``steps`` Adam steps on ``mean ||f(w, h) - h||^2``, ``w`` rows of ``table`` drawn
+  uniformly, ``h = w + noise * std(table) * N(0, 1)`` (so the network passes ``w_hat`` through rather than
+  copy ``w_prev``). Returns ``(theta, final loss)``; one ``lax.scan``, jittable."""
+  import optax  # noqa: PLC0415  (local: the transfer network itself needs no optimizer)
+  tx = optax.adam(learning_rate)
+  scale = noise * jnp.std(table)
+
+  def step(carry, key):
+    th, opt = carry
+    k_idx, k_noise = jax.random.split(key)
+    w = table[jax.random.randint(k_idx, (batch_size,), 0, table.shape[0])]
+    h = w + scale * jax.random.normal(k_noise, w.shape, w.dtype)
+    loss, grads = jax.value_and_grad(lambda t: jnp.mean((apply_rows(t, w, h, config) - h) ** 2))(th)
+    updates, opt = tx.update(grads, opt, th)
+    return (optax.apply_updates(th, updates), opt), loss
+
+  (theta, _), losses = jax.lax.scan(step, (theta, tx.init(theta)), jax.random.split(rng, steps))
+  return theta, losses[-1] if steps else jnp.float32(0.0)
