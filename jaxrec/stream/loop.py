@@ -139,8 +139,9 @@ def run(strategy: learner_lib.Learner, state: Any, data: blocks_lib.Blocks, eval
   return StreamResult(state=state, records=records, done=len(records) == len(data))
 
 
-def weighted_average(records: list, key: str) -> float:
-  """Interaction-weighted average of ``key`` over the records (each block weighs its size)."""
-  w = np.asarray([r["size"] for r in records], np.float64)
+def weighted_average(records: list, key: str, weight: str = "size") -> float:
+  """Interaction-weighted average of ``key`` over the records (each block weighs its ``weight`` field:
+  its size, or e.g. the count of the queries ``key`` averages)."""
+  w = np.asarray([r[weight] for r in records], np.float64)
   v = np.asarray([r[key] for r in records], np.float64)
   return float((w * v).sum() / max(w.sum(), 1.0))
