@@ -142,11 +142,11 @@ def _row(name: str, records: list, pb, sampled: str, full_ranking: bool) -> dict
     row["test full Recall@20"] = _avg(records, pb.test, "full/Recall@20")
     row["test full NDCG@20"] = _avg(records, pb.test, "full/NDCG@20")
   for label in sml_eval.INTERACTION_TYPES:  # Fig. 6: test average per interaction type
-    recs = [r for r in records if r["block"] in pb.test and r.get(f"types/{label}", 0) > 0]
-    key = f"{sampled}/Recall@20/{label}"
-    w = sum(r[f"types/{label}"] for r in recs)
-    row[f"test Recall@20 {label}"] = (sum(r[key] * r[f"types/{label}"] for r in recs) / w) if w else None
-    row[f"test n {label}"] = w
+    count = f"types/{label}"
+    recs = [r for r in records if r["block"] in pb.test and r.get(count, 0) > 0]
+    row[f"test Recall@20 {label}"] = (loop_lib.weighted_average(recs, f"{sampled}/Recall@20/{label}", count)
+                                      if recs else None)
+    row[f"test n {label}"] = sum(r[count] for r in recs)
   secs = [r["update_seconds"] for r in records]
   row["update s/period (median)"] = float(np.median(secs[1:] if len(secs) > 1 else secs))
   row["update s (last)"] = secs[-1]

@@ -39,17 +39,6 @@ from jaxrec.stream import evaluate as stream_eval
 INTERACTION_TYPES = ("OU-OI", "OU-NI", "NU-OI", "NU-NI")
 
 
-def interaction_types(users: np.ndarray, items: np.ndarray, before_users: np.ndarray,
-                      before_items: np.ndarray, num_users: int, num_items: int) -> np.ndarray:
-  """Index into :data:`INTERACTION_TYPES` of each ``(users[q], items[q])``: new = absent from the
-  ``before_*`` rows."""
-  old_u = np.zeros(num_users, bool)
-  old_u[before_users] = True
-  old_i = np.zeros(num_items, bool)
-  old_i[before_items] = True
-  return 2 * (~old_u[users]).astype(np.int64) + (~old_i[items]).astype(np.int64)
-
-
 def sample_seen_negatives(users: np.ndarray, positives: np.ndarray, seen: np.ndarray,
                           history_users: np.ndarray, history_items: np.ndarray, n: int,
                           rng: np.random.Generator, chunk: int = 256) -> np.ndarray:
@@ -119,6 +108,18 @@ class PeriodEvaluator:
     self.full = stream_eval.BlockEvaluator(score_fn, data, num_negatives=0, exclude_known=True,
                                            ks=self.ks, batch_size=batch_size) if full else None
     self._cands = {}
+    self._old = None
+
+  def _types(self, lo: int, hi: int) -> np.ndarray:
+    """Interaction types of rows ``[lo, hi)``; the old users / items (rows before ``types_from``) are
+    found once."""
+    ex, f = self.data.examples, self.types_from
+    if self._old is None:
+      self._old = (np.zeros(self.data.num_users, bool), np.zeros(self.data.num_items, bool))
+      self._old[0][ex["user"][:f]] = True
+      self._old[1][ex["positive"][:f]] = True
+    old_u, old_i = self._old
+    return 2 * (~old_u[ex["user"][lo:hi]]).astype(np.int64) + (~old_i[ex["positive"][lo:hi]]).astype(np.int64)
 
   def candidates(self, t: int) -> np.ndarray:
     """``[Q, 1 + n]`` candidates of block ``t`` (positive first, ``-1`` padding), drawn once."""
@@ -161,9 +162,7 @@ class PeriodEvaluator:
       out[f"{name}/min_candidates"] = int(ncand.min(initial=0))
       lo, hi = int(self.data.starts[t]), int(self.data.ends[t])
       if self.types_from is not None and lo >= self.types_from:
-        ex, f = self.data.examples, self.types_from
-        kind = interaction_types(ex["user"][lo:hi], ex["positive"][lo:hi], ex["user"][:f],
-                                 ex["positive"][:f], self.data.num_users, self.data.num_items)
+        kind = self._types(lo, hi)
         for j, label in enumerate(INTERACTION_TYPES):
           sel = kind == j
           out[f"types/{label}"] = int(sel.sum())

@@ -168,6 +168,11 @@ def make_update(config: SMLConfig, dim: int, num_users: int, num_items: int):
   return update
 
 
+# One compilation per (config, table shape) across learners and seeds.
+_fit_pass_through = jax.jit(transfer.fit_pass_through,
+                            static_argnames=("config", "steps", "learning_rate", "batch_size", "noise"))
+
+
 def init_state(config: SMLConfig, params, rng: jax.Array, block_size: int) -> SMLState:
   """The state before the first block: ``W_prev = W_hat = served =`` the pre-trained ``params``."""
   c = config.resolved()
@@ -177,9 +182,8 @@ def init_state(config: SMLConfig, params, rng: jax.Array, block_size: int) -> SM
   ku, ki = jax.random.split(rng)
   theta = {"user": transfer.init(ku, tcfg), "item": transfer.init(ki, tcfg)}
   if c.theta_init == "pass-hat":  # ours: start from a transfer that passes w_hat through
-    fit = jax.jit(functools.partial(transfer.fit_pass_through, config=tcfg, steps=c.theta_init_steps,
-                                    learning_rate=c.step2_lr))
-    theta = {g: fit(jax.random.fold_in(k, 1), theta[g], tables[g])[0]
+    theta = {g: _fit_pass_through(jax.random.fold_in(k, 1), theta[g], tables[g], config=tcfg,
+                                  steps=c.theta_init_steps, learning_rate=c.step2_lr)[0]
              for g, k in (("user", ku), ("item", ki))}
   empty = {"user": jnp.zeros((block_size,), jnp.int32), "positive": jnp.zeros((block_size,), jnp.int32),
            "mask": jnp.zeros((block_size,), bool)}
@@ -206,19 +210,20 @@ def learner(config: SMLConfig, module, block_size: int, warmup=()) -> learner_li
   update = make_update(config, int(module.dim), int(module.num_users), int(module.num_items))
 
   def init(params, rng):
-    state = init_state(config, params, rng, block_size)
+    fresh = init_state(config, params, rng, block_size)  # what every pass starts from
     if config.passes == 1:
-      return state
-    step = jax.jit(update, donate_argnums=0)
-    fresh = init_state(config, params, rng, block_size)  # the tables every pass starts from
+      return fresh
+    step = learner_lib.jit_update(out)  # the stream loop's compiled update (state donated)
+    copy = lambda: jax.tree.map(jnp.copy, fresh)  # noqa: E731
+    state = copy()
     for p in range(config.passes - 1):
       for t, block in enumerate(warmup):
         state, _ = step(state, jax.tree.map(jnp.asarray, block), jax.random.fold_in(rng, p * 100_003 + t))
-      state = fresh.replace(theta=state.theta, theta_opt=state.theta_opt)
-      fresh = init_state(config, params, rng, block_size)
+      state = copy().replace(theta=state.theta, theta_opt=state.theta_opt)
     return state
 
-  return learner_lib.Learner(init=init, update=update, params=_served)
+  out = learner_lib.Learner(init=init, update=update, params=_served)
+  return out
 
 
 def strategy_for(config: SMLConfig):

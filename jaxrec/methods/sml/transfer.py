@@ -38,6 +38,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxrec.train.fit import ConfigError, check_fields
 
@@ -140,7 +141,6 @@ def fit_pass_through(rng: jax.Array, theta: dict, table: jax.Array, config: Tran
   """``theta`` after ``steps`` Adam steps on ``mean ||f(w, h) - h||^2``, ``w`` rows of ``table`` drawn
   uniformly, ``h = w + noise * std(table) * N(0, 1)`` (so the network passes ``w_hat`` through rather than
   copy ``w_prev``). Returns ``(theta, final loss)``; one ``lax.scan``, jittable."""
-  import optax  # noqa: PLC0415  (local: the transfer network itself needs no optimizer)
   tx = optax.adam(learning_rate)
   scale = noise * jnp.std(table)
 
