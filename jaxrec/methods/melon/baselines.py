@@ -63,11 +63,13 @@ import optax
 
 from jaxrec.methods.melon import history as history_lib
 from jaxrec.methods.melon import rows
+from jaxrec.methods.melon.step import block_scan
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import strategies as strategies_lib
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import state as state_lib
+from jaxrec.train.fit import ConfigError, check_fields
 
 # -- configurations -------------------------------------------------------------------------------------
 
@@ -81,10 +83,7 @@ class EalsConfig:
   old_per_node: int = 5
 
   def __post_init__(self):
-    if not self.w_new > 0:
-      raise ValueError(f"w_new must be > 0, got {self.w_new}")
-    if self.old_per_node < 0:
-      raise ValueError(f"old_per_node must be >= 0, got {self.old_per_node}")
+    check_fields(self, {"w_new": ("pos", 0, False), "old_per_node": ("int", 0, False)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,17 +110,12 @@ class MetaLearnedConfig:
   init_range: tuple = (0.005, 0.1)
 
   def __post_init__(self):
-    if not self.meta_learning_rate > 0:
-      raise ValueError(f"meta_learning_rate must be > 0, got {self.meta_learning_rate}")
-    if self.offline_epochs < 0:
-      raise ValueError(f"offline_epochs must be >= 0, got {self.offline_epochs}")
-    if self.hidden < 1:
-      raise ValueError(f"hidden must be >= 1, got {self.hidden}")
-    if not self.virtual_lr > 0:
-      raise ValueError(f"virtual_lr must be > 0, got {self.virtual_lr}")
+    check_fields(self, {"meta_learning_rate": ("pos", 0, False), "offline_epochs": ("int", 0, False),
+                        "hidden": ("int", 1, False), "virtual_lr": ("pos", 0, False)})
     lo, hi = self.init_range
     if not 0 <= lo <= hi:
-      raise ValueError(f"init_range must be (lo, hi) with 0 <= lo <= hi, got {self.init_range}")
+      raise ConfigError(type(self).__name__, "init_range",
+                        f"must be (lo, hi) with 0 <= lo <= hi, got {self.init_range}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,23 +182,6 @@ def weighted_step(st: Static, ts: state_lib.TrainState, users, positives, negati
   updates, opt = st.optimizer().update(g, ts.opt_state, params)
   new = ts.replace(step=ts.step + 1, params=optax.apply_updates(params, updates), opt_state=opt)
   return guard((weights > 0).any(), new, ts), loss
-
-
-def block_scan(step: Callable, batch_size: int, state, block: dict, rng):
-  """A block of ``[P]`` rows as mini-batches of ``batch_size`` in time order (``lax.scan``); metrics
-  averaged over the mini-batches with real rows."""
-  p = block["mask"].shape[0]
-  bs = batch_size if p % batch_size == 0 else p
-  nb = p // bs
-  xs = {k: block[k].reshape((nb, bs) + block[k].shape[1:]) for k in ("user", "positive", "mask")}
-
-  def body(s, x):
-    i, batch = x
-    return step(s, batch, jax.random.fold_in(rng, i))
-
-  state, ms = jax.lax.scan(body, state, (jnp.arange(nb), xs))
-  real = ms.pop("real").astype(jnp.float32)
-  return state, {k: jnp.sum(v * real) / jnp.maximum(real.sum(), 1.0) for k, v in ms.items()}
 
 
 # -- eALS ------------------------------------------------------------------------------------------------

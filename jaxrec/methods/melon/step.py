@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -252,9 +252,10 @@ def online_step(cfg: StepConfig, state: MelonState, batch: dict, rng: jax.Array)
   return new_state, metrics
 
 
-def block_step(cfg: StepConfig, batch_size: int, state: MelonState, block: dict, rng: jax.Array):
-  """A block of ``[P]`` rows as consecutive mini-batches of ``batch_size`` in time order (``lax.scan``);
-  metrics averaged over the mini-batches with real rows."""
+def block_scan(step: Callable, batch_size: int, state, block: dict, rng: jax.Array):
+  """A block of ``[P]`` rows as consecutive mini-batches of ``batch_size`` in time order (``lax.scan``
+  of ``step(state, batch, rng) -> (state, metrics with a "real" flag)``); metrics averaged over the
+  mini-batches with real rows. Shared by MeLON and the Table 2 baselines."""
   p = block["mask"].shape[0]
   bs = batch_size if p % batch_size == 0 else p
   nb = p // bs
@@ -262,12 +263,16 @@ def block_step(cfg: StepConfig, batch_size: int, state: MelonState, block: dict,
 
   def body(s, x):
     i, batch = x
-    return online_step(cfg, s, batch, jax.random.fold_in(rng, i))
+    return step(s, batch, jax.random.fold_in(rng, i))
 
   state, ms = jax.lax.scan(body, state, (jnp.arange(nb), xs))
   real = ms.pop("real").astype(jnp.float32)
-  out = {k: jnp.sum(v * real) / jnp.maximum(real.sum(), 1.0) for k, v in ms.items()}
-  return state, out
+  return state, {k: jnp.sum(v * real) / jnp.maximum(real.sum(), 1.0) for k, v in ms.items()}
+
+
+def block_step(cfg: StepConfig, batch_size: int, state: MelonState, block: dict, rng: jax.Array):
+  """MeLON's :func:`online_step` over a block (:func:`block_scan`)."""
+  return block_scan(functools.partial(online_step, cfg), batch_size, state, block, rng)
 
 
 @functools.lru_cache(maxsize=None)
