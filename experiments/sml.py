@@ -20,14 +20,24 @@ NDCG @5/10/20 per period, averaged weighted by interactions over every validatio
 Writes ``results.json`` (per-period records, the table, the config), ``recall10-test.png`` (Fig. 3),
 ``types-test.png`` (Recall@20 per test period of each interaction type, new/old user x new/old item:
 Fig. 6, SML and Full-retrain; new = absent before the first test period), ``time.png`` (update seconds
-per period, Table 2) and ``filters.png`` (SML's first-layer filters, Fig. 7). Hyper-parameters are
-not searched here: the validation averages are reported for that.
+per period, Table 2) and ``filters.png`` (SML's first-layer filters, Fig. 7).
+
+Hyper-parameters (Sec. 4.1.3: "tuned on the validation periods"): ``--config.grid`` lists
+``"GROUP.FIELD=V1|V2|..."`` entries over ``sml.*`` (every SML variant), ``strategy.*`` (the shared
+strategies) and ``sequence_strategy.*`` (GRU4Rec, Caser); each strategy streams every point of its own
+group's grid (the cartesian product) and the table reports the point with the best validation Recall@20
+(sampled; the first on ties), its setting in ``chosen``; every point's averages are kept under
+``grid`` in ``results.json``. The test periods never take part in the choice. The initial model is
+trained once with the default ``strategy`` (``sequence_strategy``) setting and shared by every point.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import itertools
 import os
+import re
 import time
 from typing import Optional
 
@@ -68,6 +78,8 @@ class SMLExperimentConfig:
       everything so far each period (``retrain-warm`` with ``sequence_strategy``), rows
       ``MODEL-retrain``; their initial model trains ``pretrain_epochs`` on the initial periods.
     history_len: their input window (capped by a model's ``max_len``: Caser's L = 5).
+    grid: ``"GROUP.FIELD=V1|V2"`` entries searched per strategy on validation Recall@20 (GROUP one of
+      :data:`GRID_GROUPS`; values Python literals).
     sml: the SML strategies' configuration.
     strategy: the shared strategies' configuration.
     sequence_strategy: the sequence models' (their registry loss, sampled softmax over
@@ -86,6 +98,7 @@ class SMLExperimentConfig:
   checkpoint_every: int = 10
   sequence_models: tuple = ()
   history_len: int = 20
+  grid: tuple = ()
   sml: sml.SMLConfig = sml.SMLConfig()
   strategy: strategies_lib.StrategyConfig = strategies_lib.StrategyConfig(
       steps=5, batch_size=1024, num_negatives=1, learning_rate=1e-2, retrain_epochs=10)
@@ -93,6 +106,7 @@ class SMLExperimentConfig:
       batch_size=256, num_negatives=100, learning_rate=1e-3, retrain_epochs=3)
 
 
+GRID_GROUPS = ("sml", "strategy", "sequence_strategy")
 METRICS = ("Recall@5", "Recall@10", "Recall@20", "NDCG@5", "NDCG@10", "NDCG@20")
 
 
@@ -118,6 +132,61 @@ def _check(config: SMLExperimentConfig) -> None:
       raise ValueError(f"--config.{name} must be an integer >= 1, got {v!r}")
   if not isinstance(config.eval_negatives, int) or config.eval_negatives < 0:
     raise ValueError(f"--config.eval_negatives must be an integer >= 0, got {config.eval_negatives!r}")
+  parse_grid(config)
+
+
+def parse_grid(config: SMLExperimentConfig) -> dict:
+  """``{group: [(field, (values...)), ...]}`` from ``config.grid``; a one-line error names the entry."""
+  out = {g: [] for g in GRID_GROUPS}
+  for entry in config.grid:
+    where = f"--config.grid entry {entry!r}"
+    key, sep, values = str(entry).partition("=")
+    group, dot, field = key.strip().partition(".")
+    if not sep or not dot or group not in GRID_GROUPS:
+      raise ValueError(f"{where}: expected GROUP.FIELD=V1|V2 with GROUP one of {GRID_GROUPS}")
+    sub = getattr(config, group)
+    names = [f.name for f in dataclasses.fields(sub)]
+    if field not in names:
+      raise ValueError(f"{where}: {group} has no field {field!r}; fields: {names}")
+    if any(field == f for f, _ in out[group]):
+      raise ValueError(f"{where}: {group}.{field} is listed twice")
+    try:
+      parsed = tuple(ast.literal_eval(v.strip()) for v in values.split("|"))
+    except (ValueError, SyntaxError):
+      raise ValueError(f"{where}: values must be Python literals separated by '|'") from None
+    current = getattr(sub, field)
+    for v in parsed:
+      if type(v) is not type(current) and not (isinstance(current, float) and type(v) is int):
+        raise ValueError(f"{where}: {v!r} is a {type(v).__name__}, {group}.{field} is a "
+                         f"{type(current).__name__}")
+    try:
+      for v in parsed:
+        dataclasses.replace(sub, **{field: type(current)(v)})  # the field's own checks
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{where}: {e}") from None
+    out[group].append((field, tuple(type(current)(v) for v in parsed)))
+  return out
+
+
+def grid_points(config: SMLExperimentConfig, group: str) -> list:
+  """``[(label, config)]``: one per point of ``group``'s grid (``[("", config)]`` without one)."""
+  entries = parse_grid(config)[group]
+  if not entries:
+    return [("", config)]
+  points = []
+  for values in itertools.product(*(vs for _, vs in entries)):
+    changes = dict(zip((f for f, _ in entries), values))
+    label = ",".join(f"{group}.{f}={v}" for f, v in changes.items())
+    points.append((label, dataclasses.replace(config, **{group: dataclasses.replace(
+        getattr(config, group), **changes)})))
+  return points
+
+
+def select(rows: list) -> dict:
+  """The row with the best ``valid Recall@20`` (the first on ties); the test averages play no part."""
+  if any(r["valid Recall@20"] is None for r in rows) and len(rows) > 1:
+    raise ValueError("--config.grid needs validation periods (the preset has none)")
+  return max(rows, key=lambda r: -1.0 if r["valid Recall@20"] is None else r["valid Recall@20"])
 
 
 def _sml_config(config: SMLExperimentConfig, name: str, first_test: int) -> sml.SMLConfig:
@@ -177,29 +246,40 @@ def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Op
   evaluator = sml_eval.PeriodEvaluator(spec.score_fn(module), data, num_negatives=config.eval_negatives,
                                        seed=seed, full=config.full_ranking, blocks=scored,
                                        types_from=int(data.starts[pb.test[0]]))
-  streams, rows, states = {}, [], {}
+  streams, rows, states, grid = {}, [], {}, []
   sampled = f"sampled{config.eval_negatives}"
 
-  def stream(name, learner, jit, start, data, evaluator):
-    wd = os.path.join(workdir, "streams", name) if workdir else None
+  def stream(name, learner, jit, start, data, evaluator, label, cfg):
+    point = f"{name}[{label}]" if label else name
+    wd = os.path.join(workdir, "streams", re.sub(r"[^A-Za-z0-9._=-]", "_", point)) if workdir else None
     run_config = {"dataset": dataset, "seed": seed, "strategy": name,
-                  "config": {k: v for k, v in configs.to_dict(config).items()
-                             if k not in ("strategies", "checkpoint_every")}}
+                  "config": {k: v for k, v in configs.to_dict(cfg).items()
+                             if k not in ("strategies", "checkpoint_every", "grid")}}
     res = loop_lib.run(learner, learner.init(start, stream_key), data, evaluator, rng=stream_key,
                        workdir=wd, run_config=run_config,
                        config=loop_lib.StreamConfig(checkpoint_every=config.checkpoint_every, jit=jit))
+    return dict(_row(name, res.records, pb, sampled, config.full_ranking), chosen=label or "default"), res
+
+  def search(name, group, make):
+    """Streams ``name`` at every point of ``group``'s grid; keeps the best on validation."""
+    results = [stream(name, *make(cfg), label, cfg) for label, cfg in grid_points(config, group)]
+    grid.extend(r for r, _ in results)
+    best = select([r for r, _ in results])
+    res = next(res for r, res in results if r is best)
+    rows.append(best)
     streams[name], states[name] = res.records, res.state
-    rows.append(_row(name, res.records, pb, sampled, config.full_ranking))
 
   for name in config.strategies:
     if name in sml.VARIANTS:
       warmup = [data.block(t) for t in pb.train] if config.sml.passes > 1 else ()
-      learner = sml.learner(_sml_config(config, name, pb.test[0]), module, data.block_size, warmup)
-      jit = True
+      search(name, "sml", lambda cfg, name=name, warmup=warmup: (
+          sml.learner(_sml_config(cfg, name, pb.test[0]), module, data.block_size, warmup), True,
+          params, data, evaluator))
     else:
       d = strategies_lib.get(name)
-      learner, jit = d.make(env), d.jittable
-    stream(name, learner, jit, params, data, evaluator)
+      search(name, "strategy", lambda cfg, d=d: (
+          d.make(strategies_lib.Env(config.model, module, cfg.strategy, data)), d.jittable, params, data,
+          evaluator))
   for model in config.sequence_models:  # GRU4Rec / Caser, warm-retrained every period on all so far
     seq_spec = registry.get(model)
     window = min(config.history_len, seq_spec.defaults.get("max_len", config.history_len))
@@ -213,14 +293,16 @@ def run(config: SMLExperimentConfig, dataset: str, *, seed: int = 0, workdir: Op
                                         full=config.full_ranking, blocks=scored,
                                         types_from=int(data.starts[pb.test[0]]))
     d = strategies_lib.get("retrain-warm")
-    stream(f"{model}-retrain", d.make(seq_env), d.jittable, seq_params, seq_data, seq_eval)
+    search(f"{model}-retrain", "sequence_strategy", lambda cfg, d=d, m=model, sd=seq_data, sm=seq_module,
+           sp=seq_params, se=seq_eval: (
+               d.make(strategies_lib.Env(m, sm, cfg.sequence_strategy, sd)), d.jittable, sp, sd, se))
   filters = {n: np.asarray(s.theta["user"]["F1"]).tolist() for n, s in states.items()
              if isinstance(s, sml.SMLState) and "F1" in s.theta["user"]}
   return {"dataset": dataset, "seed": seed, "config": configs.to_dict(config), "preset": config.preset,
           "blocks": {"train": list(pb.train), "valid": list(pb.valid), "test": list(pb.test)},
           "num_blocks": len(data), "block_size": data.block_size, "offline_rows": data.offline_end,
           "period_rows": data.sizes().tolist(), "pretrain_seconds": pretrain_seconds, "table": rows,
-          "streams": streams, "filters": filters}
+          "grid": grid, "streams": streams, "filters": filters}
 
 
 def figures(results: dict, workdir: str) -> list[str]:
@@ -322,7 +404,8 @@ def main(argv):
   fmt = lambda v: "  n/a " if v is None else f"{v:.4f}"  # noqa: E731
   for r in results["table"]:
     print(f"{r['strategy']:13s} test Recall@20={fmt(r['test Recall@20'])} NDCG@20={fmt(r['test NDCG@20'])} "
-          f"valid Recall@20={fmt(r['valid Recall@20'])}  update {r['update s/period (median)']:.2f} s/period")
+          f"valid Recall@20={fmt(r['valid Recall@20'])}  update {r['update s/period (median)']:.2f} s/period"
+          + (f"  chosen {r['chosen']}" if r["chosen"] != "default" else ""))
   print(f"wrote {path}")
 
 

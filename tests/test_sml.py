@@ -524,3 +524,38 @@ def test_protocol_presets_roles():
   with pytest.raises(ValueError):
     protocol_lib.PeriodProtocol(10, "count", 5, 3, 3)
   assert isinstance(pb.data, blocks_lib.Blocks)
+
+
+# -- the binary's validation-selected grid --------------------------------------------------------------
+
+
+def test_grid_points_cover_each_groups_product_and_select_uses_validation_only():
+  from experiments import sml as sml_binary
+  cfg = dataclasses.replace(sml_binary.SMLExperimentConfig(), grid=(
+      "sml.step1_lr=1e-2|1e-3", "sml.reps=1|3", "strategy.learning_rate=1e-2|0.05|1"))
+  sml_points = sml_binary.grid_points(cfg, "sml")
+  assert [lab for lab, _ in sml_points] == [
+      "sml.step1_lr=0.01,sml.reps=1", "sml.step1_lr=0.01,sml.reps=3",
+      "sml.step1_lr=0.001,sml.reps=1", "sml.step1_lr=0.001,sml.reps=3"]
+  assert [(c.sml.step1_lr, c.sml.reps) for _, c in sml_points] == [(1e-2, 1), (1e-2, 3), (1e-3, 1), (1e-3, 3)]
+  assert all(c.strategy == cfg.strategy for _, c in sml_points)  # other groups untouched
+  shared = sml_binary.grid_points(cfg, "strategy")
+  assert [c.strategy.learning_rate for _, c in shared] == [1e-2, 0.05, 1.0]
+  assert isinstance(shared[2][1].strategy.learning_rate, float)  # int literal for a float field
+  assert sml_binary.grid_points(cfg, "sequence_strategy") == [("", cfg)]
+  rows = [{"valid Recall@20": 0.30, "test Recall@20": 0.9}, {"valid Recall@20": 0.41, "test Recall@20": 0.1},
+          {"valid Recall@20": 0.41, "test Recall@20": 0.5}]
+  assert sml_binary.select(rows) is rows[1]  # best validation, first on ties; test plays no part
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("sml.step1_lr", "expected GROUP.FIELD=V1|V2"), ("pretrain_epochs=1|2", "expected GROUP.FIELD"),
+    ("sml.nope=1|2", "sml has no field 'nope'"), ("sml.reps=1|two", "Python literals"),
+    ("sml.reps=1|2.5", "2.5 is a float, sml.reps is a int"), ("sml.step1_lr=1e-2|0.0", "step1_lr"),
+])
+def test_grid_entries_are_checked_with_one_line_errors(entry, message):
+  from experiments import sml as sml_binary
+  cfg = dataclasses.replace(sml_binary.SMLExperimentConfig(), grid=(entry,))
+  with pytest.raises(ValueError, match=message) as info:
+    sml_binary.parse_grid(cfg)
+  assert "\n" not in str(info.value)
