@@ -172,7 +172,9 @@ class ShardingPlan:
   def state_shardings(self, state: PyTree, rows: Mapping[Tuple[str, ...], int]) -> PyTree:
     """A ``NamedSharding`` per leaf of ``state``: leaves of the tables (``{path: rows}``) ``P(model)``,
     the rest replicated."""
-    shard, whole = self._sharding(P(self.model_axis)), self._sharding(P())
+    # An axis of size 1 is written P(): XLA returns it so, and an equal spelling keeps one compiled step.
+    whole = self._sharding(P())
+    shard = self._sharding(P(self.model_axis)) if self.mesh.shape[self.model_axis] > 1 else whole
     return jax.tree_util.tree_map_with_path(
         lambda path, x: shard if _table_of(path, x, rows) is not None else whole, state)
 
@@ -182,7 +184,7 @@ class ShardingPlan:
 
     def spec(k, x):
       shape = np.shape(x)
-      if k in self.replicated or not shape or shape[0] % size:
+      if k in self.replicated or not shape or size == 1 or shape[0] % size:
         return self._sharding(P())
       return self._sharding(P(self.data_axis))
 
