@@ -348,6 +348,18 @@ class StrategyTest(parameterized.TestCase):
     learner_lib.jit_update(learner2)(state, blocks[1], jax.random.PRNGKey(2))
     self.assertEqual(learner_contract.compile_count() - before, 0)
 
+  def test_offline_pass_shares_the_stream_compilation(self):
+    """``init``'s offline pass compiles the update the stream then reuses: the first stream update of a
+    configuration no other test uses compiles nothing."""
+    env = _env()
+    config = dataclasses.replace(CONFIG, meta_learning_rate=7e-4)  # a fresh compiled update
+    learner = melon.make(env, config)
+    state = jax.block_until_ready(learner.init(_params("mf-bpr"), jax.random.PRNGKey(0)))
+    before = learner_contract.compile_count()
+    block = env.data.block(0)
+    jax.block_until_ready(learner_lib.jit_update(learner)(state, block, jax.random.PRNGKey(1)))
+    self.assertEqual(learner_contract.compile_count() - before, 0)
+
   def test_offline_pass_reads_only_the_prefix(self):
     env = _env()
     config = CONFIG

@@ -85,6 +85,17 @@ class MetaConfig:
       raise ValueError("MetaConfig: hidden and role_layers must be >= 1, interaction_layers >= 0")
 
 
+def _dense_init(n_in: int, n_out: int, bias):
+  """Initialiser of a Dense-shaped ``{"kernel" [n_in, n_out], "bias" [n_out]}`` param (LeCun normal
+  kernel, as ``nn.Dense``); ``bias``: a constant, a list of per-unit constants, or None (no bias)."""
+  def init(rng):
+    out = {"kernel": nn.initializers.lecun_normal()(rng, (n_in, n_out))}
+    if bias is not None:
+      out["bias"] = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), (n_out,))
+    return out
+  return init
+
+
 def _masked_softmax(logits, mask):
   logits = jnp.where(mask, logits, -1e30)
   w = jax.nn.softmax(logits, axis=-1)
@@ -116,12 +127,13 @@ class MetaModel(nn.Module):
       f_in = 4 + int(c.param_value)
       self.role_kernel = self.param("role_0_kernel", nn.initializers.lecun_normal(), (f_in, h))
       self.role_bias = self.param("role_0_bias", nn.initializers.zeros, (h,))
-      self.role = [nn.Dense(h, name=f"role_{k}") for k in range(1, c.role_layers)]
-      # The bias of Eq. 12 lives on the h_x half unless there is no h_x (MeLON_P).
+      # Layers 2..L and the h_theta half of Eq. 12 as Dense-shaped {"kernel", "bias"} params, applied in
+      # a pairs-minor layout by :meth:`rates`. The bias of Eq. 12 lives on the h_x half unless there is
+      # no h_x (MeLON_P).
+      self.role = [self.param(f"role_{k}", _dense_init(h, h, 0.0)) for k in range(1, c.role_layers)]
       out = 2 if c.forget else 1
-      bias = [c.rate_bias, c.forget_bias][:out]
-      self.head_t = nn.Dense(out, use_bias=not c.interaction,
-                             bias_init=lambda *_: jnp.asarray(bias, jnp.float32), name="head_theta")
+      bias = [c.rate_bias, c.forget_bias][:out] if not c.interaction else None
+      self.head_t = self.param("head_theta", _dense_init(h, out, bias))
 
   def _side(self, att, w, e_self, e_nbr, mask):
     """Eq. 8-9: ``e_self [B, D1]``, ``e_nbr [B, K, D2]``, ``mask [B, K]`` -> ``[B, H]``."""
@@ -161,20 +173,34 @@ class MetaModel(nn.Module):
       if c.forget:
         logit_f = logit_f + self.f_x(h_x)[:, 0].reshape((b,) + tail)
     if c.parameter:
+      # Pairs-minor layout: the hidden units lead ([H, B, P] with P the pairs of one interaction), so
+      # every layer is one [H', H] @ [H, pairs] product and the per-interaction part broadcasts along
+      # the minor axis. The same linear maps as Dense layers on [pairs, H]; in that layout XLA:CPU
+      # transposes every [pairs, H] activation for the weight gradients, and a broadcast-multiply first
+      # layer materialises [pairs, H] copies of each feature (with the preprocessing's log recomputed
+      # in each): together ~3x the forward's cost in the meta-gradient.
       k = self.role_kernel
+      grad2 = grad.reshape(b, -1)
+      p = grad2.shape[1]
       pl = preprocess(loss)  # [B, 2]
-      pg = preprocess(grad)  # [B, ..., 2]
-      per_x = (pl @ k[-4:-2] + self.role_bias).reshape((b,) + tail + (k.shape[1],))
-      h = per_x + pg[..., 0:1] * k[-2] + pg[..., 1:2] * k[-1]
+      pg = preprocess(grad2)  # [B, P, 2]
+      per_x = (pl @ k[-4:-2] + self.role_bias).T[:, :, None]  # [H, B, 1]
       if c.param_value:
-        h = h + jnp.broadcast_to(theta, grad.shape)[..., None] * k[0]
-      h = nn.relu(h)
+        x = jnp.concatenate([jnp.broadcast_to(theta, grad.shape).reshape(b, p, 1).astype(pg.dtype), pg], -1)
+        k_pair = jnp.concatenate([k[:1], k[-2:]], 0)
+      else:
+        x, k_pair = pg, k[-2:]
+      x = jnp.moveaxis(x, -1, 0).reshape(x.shape[-1], b * p)  # [F, pairs]
+      h = nn.relu((k_pair.T @ x).reshape(-1, b, p) + per_x).reshape(-1, b * p)
       for layer in self.role:
-        h = nn.relu(layer(h))
-      out = self.head_t(h)
-      logit_w = logit_w + out[..., 0]
+        h = nn.relu(layer["kernel"].T @ h + layer["bias"][:, None])
+      out = self.head_t["kernel"].T @ h  # [2 or 1, pairs]
+      if "bias" in self.head_t:
+        out = out + self.head_t["bias"][:, None]
+      out = out.reshape((-1,) + grad.shape)
+      logit_w = logit_w + out[0]
       if c.forget:
-        logit_f = logit_f + out[..., 1]
+        logit_f = logit_f + out[1]
     w = jax.nn.sigmoid(logit_w)
     f = jax.nn.sigmoid(logit_f) if c.forget else jnp.ones_like(w)
     return w, f

@@ -245,9 +245,11 @@ def online_step(cfg: StepConfig, state: MelonState, batch: dict, rng: jax.Array)
   new_params = rows.apply(params, roles, inv_now, d_now)
   new_hist = history_lib.observe(hist, users, items, mask, k_hist)
   real = mask.any()
+  # No whole-state select on ``real``: an all-padding batch already leaves every table bit-identical
+  # (the scatters drop padding, the dense mean over no rows is 0, the meta update is guarded by
+  # ``any_last`` above), and a select over the full tables would cost O(users + items) per step.
   new_state = MelonState(params=new_params, meta=meta, meta_opt=meta_opt, history=new_hist,
                          step=state.step + real.astype(jnp.int32))
-  new_state = jax.tree.map(lambda n, o: jnp.where(real, n, o), new_state, state)
   metrics.update(rate=d_now.loss, real=real)
   return new_state, metrics
 

@@ -110,14 +110,19 @@ def _offline_pass(env, config: MelonConfig, state: step_lib.MelonState, rng) -> 
       block = blocks_lib.pad_rows({k: rows[k][lo:lo + b] for k in ("user", "positive")}, b)
       hist = observe(hist, block, jax.random.fold_in(rng, i))
     return state.replace(history=hist)
-  cfg = step_config(env, config)
-  step = step_lib.jitted_block_step(cfg, b)
+  # The stream's own compiled update (one jit object per update function, ``learner.jit_update``), on
+  # chunks laid out as the stream's blocks (``block_size`` rows with an ``end``), so the stream reuses
+  # this compilation instead of compiling the same step a second time.
+  update = learner_lib.jit_update(learner_lib.Learner(init=None, update=_update(step_config(env, config), b),
+                                                      params=None))
+  bs = env.data.block_size
   empty = history_lib.empty(env.module.num_users, env.module.num_items, config.num_neighbours)
   for e in range(config.offline_epochs):
     state = state.replace(history=jax.tree.map(jnp.copy, empty))
-    for i, lo in enumerate(starts):
-      block = blocks_lib.pad_rows({k: rows[k][lo:lo + b] for k in ("user", "positive")}, b)
-      state, _ = step(state, block, jax.random.fold_in(jax.random.fold_in(rng, e), i))
+    for i, lo in enumerate(range(0, n, bs)):
+      block = blocks_lib.pad_rows({k: rows[k][lo:lo + bs] for k in ("user", "positive")}, bs)
+      block["end"] = np.asarray(min(lo + bs, n), np.int64)
+      state, _ = update(state, block, jax.random.fold_in(jax.random.fold_in(rng, e), i))
   return state
 
 
