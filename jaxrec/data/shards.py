@@ -1,0 +1,192 @@
+"""Interaction logs on disk: ``.npy`` shards written once, memory-mapped, streamed in shuffled batches.
+
+A log that does not fit in RAM (the ``large`` synthetic preset: 1M users, ~100M interactions) is kept as
+a directory of shards, one per chunk a loader or :func:`jaxrec.data.synthetic.generate_chunks` yields::
+
+    shards.write(directory, synthetic.generate_chunks("large"))      # once
+    log = shards.open_log(directory)                                  # memory-mapped, O(1) RAM
+    batches_fn = lambda epoch: shards.epoch_batches(log, 1024, seed=0, epoch=epoch,
+                                                    fields={"user": "user", "item": "item"})
+
+Layout: ``meta.json`` (index spaces, name, rows per shard, columns; written last, so a directory without
+it is an unfinished write and is rewritten) and per shard ``<column>-<k>.npy`` for ``user``, ``item``,
+``timestamp`` (and ``rating`` when present), plus ``item_features.npy`` once. Columns are read with
+``np.load(mmap_mode="r")``: the OS pages them in and out, nothing is held.
+
+Batches (:func:`epoch_batches`): a two-level shuffle with bounded memory, the scheme of streaming loaders
+(``tf.data`` / grain file shuffling plus a shuffle buffer). Per epoch, ``default_rng([seed, epoch])``
+permutes the shards; ``window`` shards at a time are read, their rows permuted, and full batches cut
+(the rows left over carried to the next window). Every row is in exactly one batch per epoch, with
+``mask`` True; the last batch is completed with rows of the epoch's first batch with ``mask`` False,
+so shapes are static and no id is made up. Resident memory is ``window`` shards of the requested
+columns plus one batch, whatever the number of shards. The order depends on ``(seed, epoch)`` only,
+as :func:`jaxrec.train.loop.train` needs to resume. It is not the in-memory samplers' order (one global
+permutation): the same rows, shuffled within windows of shards instead of globally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Iterable, Iterator, Mapping, Optional, Tuple
+
+import numpy as np
+
+from jaxrec import io
+from jaxrec.data.log import DataError, InteractionLog, concat_logs
+
+META = "meta.json"
+FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedLog:
+  """A log on disk: its index spaces and the memory-mapped columns of each shard.
+
+  Attributes:
+    directory: where the shards are.
+    num_users, num_items: the index spaces (shared by every shard).
+    shard_rows: rows per shard.
+    columns: the stored columns (``user``, ``item``, ``timestamp`` and maybe ``rating``).
+    name: the dataset name.
+  """
+
+  directory: str
+  num_users: int
+  num_items: int
+  shard_rows: Tuple[int, ...]
+  columns: Tuple[str, ...]
+  name: str = "log"
+
+  @property
+  def num_shards(self) -> int:
+    return len(self.shard_rows)
+
+  @property
+  def num_rows(self) -> int:
+    return int(sum(self.shard_rows))
+
+  def column(self, name: str, shard: int) -> np.ndarray:
+    """Column ``name`` of ``shard``, memory-mapped (read-only)."""
+    if name not in self.columns:
+      raise DataError(f"{self.directory}: no column {name!r}; stored: {', '.join(self.columns)}")
+    return np.load(os.path.join(self.directory, f"{name}-{shard:05d}.npy"), mmap_mode="r")
+
+  def item_features(self) -> Optional[np.ndarray]:
+    path = os.path.join(self.directory, "item_features.npy")
+    return np.load(path, mmap_mode="r") if os.path.exists(path) else None
+
+  def to_log(self) -> InteractionLog:
+    """The whole log in memory (for small logs and tests)."""
+    feats = self.item_features()
+    parts = [InteractionLog(
+        user=np.asarray(self.column("user", s)), item=np.asarray(self.column("item", s)),
+        timestamp=np.asarray(self.column("timestamp", s)), num_users=self.num_users,
+        num_items=self.num_items,
+        rating=np.asarray(self.column("rating", s)) if "rating" in self.columns else None,
+        item_features=None if feats is None else np.asarray(feats), name=self.name)
+        for s in range(self.num_shards)]
+    return concat_logs(parts)
+
+
+def _read_meta(directory: str) -> Optional[dict]:
+  path = os.path.join(directory, META)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT:
+    raise DataError(f"{path}: shard format {meta.get('format')!r}, expected {FORMAT}; delete {directory}")
+  return meta
+
+
+def open_log(directory: str) -> ShardedLog:
+  """Opens the shards in ``directory`` (written by :func:`write`)."""
+  meta = _read_meta(directory)
+  if meta is None:
+    raise DataError(f"{directory} holds no finished shards (no {META}); write them with shards.write")
+  return ShardedLog(directory=directory, num_users=meta["num_users"], num_items=meta["num_items"],
+                    shard_rows=tuple(meta["shard_rows"]), columns=tuple(meta["columns"]), name=meta["name"])
+
+
+def write(directory: str, chunks: Iterable[InteractionLog], *, overwrite: bool = False) -> ShardedLog:
+  """Writes ``chunks`` (logs sharing one index space) as shards, once; returns the opened shards.
+
+  When ``directory`` already holds finished shards they are opened and ``chunks`` is not consumed
+  (unless ``overwrite``): loaders call this every run and pay the writing only the first time. An
+  unfinished directory (no ``meta.json``: a killed write) is cleared and written again.
+  """
+  if not overwrite and _read_meta(directory) is not None:
+    return open_log(directory)
+  if os.path.exists(directory):
+    shutil.rmtree(directory)
+  os.makedirs(directory)
+  rows, columns, first = [], None, None
+  for k, chunk in enumerate(chunks):
+    cols = ("user", "item", "timestamp") + (("rating",) if chunk.rating is not None else ())
+    if first is None:
+      first, columns = chunk, cols
+      if chunk.item_features is not None:
+        np.save(os.path.join(directory, "item_features.npy"), np.asarray(chunk.item_features, np.float32))
+    elif (chunk.num_users, chunk.num_items, cols) != (first.num_users, first.num_items, columns):
+      raise DataError(f"shard {k}: index spaces or columns differ from shard 0 "
+                      f"({chunk.num_users}, {chunk.num_items}, {cols} vs {first.num_users}, "
+                      f"{first.num_items}, {columns})")
+    for c in cols:
+      np.save(os.path.join(directory, f"{c}-{k:05d}.npy"), getattr(chunk, c))
+    rows.append(int(chunk.user.shape[0]))
+  if first is None:
+    raise DataError(f"shards.write({directory!r}): no chunks")
+  io.atomic_write_json(os.path.join(directory, META), {
+      "format": FORMAT, "name": first.name, "num_users": first.num_users, "num_items": first.num_items,
+      "shard_rows": rows, "columns": list(columns)})
+  return open_log(directory)
+
+
+def steps_per_epoch(log: ShardedLog, batch_size: int) -> int:
+  """Batches :func:`epoch_batches` yields per epoch: ``ceil(rows / batch_size)``."""
+  return -(-log.num_rows // batch_size)
+
+
+def epoch_batches(log: ShardedLog, batch_size: int, *, seed: int, epoch: int,
+                  fields: Mapping[str, str] = None, window: int = 2) -> Iterator[dict]:
+  """The static-shape batches of one epoch (module docstring): ``{field: [batch_size], "mask": bool}``.
+
+  Args:
+    log: the shards.
+    batch_size: rows per batch.
+    seed, epoch: the order is a function of these alone.
+    fields: ``{batch field: column}`` (default ``{"user": "user", "item": "item"}``).
+    window: shards read and shuffled together (resident memory: ``window`` shards' columns).
+  """
+  if batch_size < 1 or window < 1:
+    raise DataError(f"epoch_batches: batch_size and window must be >= 1, got {batch_size}, {window}")
+  fields = dict(fields or {"user": "user", "item": "item"})
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(log.num_shards)
+  carry = {f: np.zeros(0, np.int64) for f in fields}
+  first = None
+  for start in range(0, log.num_shards, window):
+    ids = order[start:start + window]
+    rows = {f: np.concatenate([np.asarray(log.column(c, int(s))) for s in ids]) for f, c in fields.items()}
+    perm = rng.permutation(next(iter(rows.values())).shape[0])
+    rows = {f: np.concatenate([carry[f], rows[f][perm]]) if carry[f].size else rows[f][perm]
+            for f in fields}
+    n = next(iter(rows.values())).shape[0]
+    full = n // batch_size
+    for b in range(full):
+      batch = {f: rows[f][b * batch_size:(b + 1) * batch_size] for f in fields}
+      if first is None:
+        first = batch
+      yield {**batch, "mask": np.ones(batch_size, bool)}
+    carry = {f: rows[f][full * batch_size:] for f in fields}
+  left = next(iter(carry.values())).shape[0]
+  if left:
+    fill = batch_size - left
+    src = first if first is not None else carry
+    reps = -(-fill // next(iter(src.values())).shape[0])
+    batch = {f: np.concatenate([carry[f]] + [src[f]] * reps)[:batch_size] for f in fields}
+    mask = np.arange(batch_size) < left
+    yield {**batch, "mask": mask}
