@@ -77,6 +77,10 @@ class ShardsTest(absltest.TestCase):
     # Shuffled across shards: the first batch mixes several users' chunks.
     first = next(shards.epoch_batches(self.log, 100, seed=0, epoch=0))
     self.assertGreater(len(np.unique(first["user"] // CONFIG.chunk_users)), 1)
+    # The shards' order is shuffled too: with one shard per window, epochs start at different shards.
+    starts = {int(next(shards.epoch_batches(self.log, 10, seed=0, epoch=e, window=1))["user"][0]
+                  // CONFIG.chunk_users) for e in range(6)}
+    self.assertGreater(len(starts), 1)
 
   def test_written_once_and_unfinished_writes_redone(self):
     stamp = os.stat(os.path.join(self.dir, "user-00000.npy")).st_mtime_ns
