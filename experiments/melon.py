@@ -22,8 +22,23 @@ baselines (:mod:`jaxrec.methods.melon.baselines`: ``eals``, ``mwnet``, ``metasgd
 Writes ``results.json``
 (config, tables, per-batch records with timings), ``ndcg-MODEL.png`` (Fig. 5: NDCG@10 per online batch) and
 ``time-MODEL.png`` (update seconds per batch); per-strategy median update time per batch in the table
-(Table 4). Departures: no online validation slice (hyper-parameters are the paper's defaults, not chosen on
-HR@5 there); one seed per command (``--seed``; Table 2's five seeds are five commands).
+(Table 4).
+
+Protocol preset ``prequential`` (:data:`jaxrec.eval.paper_protocols.PROTOCOLS`: 95% offline / 0.5% online
+validation / 4.5% online test): the first ``validation`` online mini-batches (at least two) are the
+validation slice; for each strategy every value of its grid (``lr_grid``: the Default's learning rate for
+``fine-tune``, ``replay``, ``retrain``, ``eals``; ``meta_lr_grid``: the meta learning rate for MeLON's
+variants, ``mwnet``, ``metasgd``, ``s2meta``) streams the validation batches from the pre-trained model,
+the best mean HR@5 there wins, and the whole stream (validation + test) is then run with it; the table
+reports the test batches only, averaged over ``seeds`` (mean and standard error), and the paired t-tests
+of every MeLON variant against Default are over the (seed, test batch) pairs and over the seeds' means
+(Table 6). The baselines' own settings are ``--config.eals.*``, ``--config.mwnet.*``,
+``--config.metasgd.*``, ``--config.s2meta.*`` (checked: one line naming the field).
+Example (Table 2/6 on synthetic:small, 5 seeds)::
+
+    python -m experiments.melon --dataset=synthetic:small --workdir=runs/melon5 \
+        --config.models="('mf-bpr',)" --config.strategies="('fine-tune','melon')" \
+        --config.seeds="(0,1,2,3,4)" --config.lr_grid="(1e-4,1e-3,1e-2)" --config.meta_lr_grid="(1e-4,1e-3)"
 """
 
 from __future__ import annotations
@@ -42,8 +57,11 @@ import numpy as np
 from experiments import common, configs, plots
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
 from jaxrec.data import datasets, preprocess
+from jaxrec.eval import paper_protocols
 from jaxrec.eval.queries import Queries
 from jaxrec.methods import melon as melon_lib
+from jaxrec.methods.melon import baselines as baselines_lib
+from jaxrec.methods.melon import s2meta as s2meta_lib
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import evaluate as evaluate_lib
@@ -58,6 +76,9 @@ DEFAULT_STRATEGY = strategies_lib.StrategyConfig(steps=1, batch_size=256, num_ne
                                                  learning_rate=1e-3, weight_decay=1e-3, loss="bpr",
                                                  retrain_epochs=2, reservoir_size=10_000, replay_sample=256)
 KS = (5, 10, 20)
+PROTOCOL = "prequential"  # jaxrec.eval.paper_protocols: 95% offline / 0.5% validation / 4.5% test
+_SPLIT = dict(paper_protocols.get(PROTOCOL).split_options)
+META_LEARNED = ("mwnet", "metasgd", "s2meta")  # with MeLON's variants: tuned by meta_lr_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +97,20 @@ class MelonExperimentConfig:
     checkpoint_every: blocks between checkpoints.
     strategy: the shared strategies' hyper-parameters (MeLON reads batch_size, num_negatives, loss).
     melon: MeLON's own hyper-parameters.
+    validation: online validation fraction of the log after the offline prefix (the ``prequential``
+      protocol's 0.5%), rounded to whole mini-batches (at least two); the test is the rest of the stream.
+    seeds: seeds of the model initialisation, pre-training, strategies and sampled negatives (empty:
+      ``--seed`` only); the data come from ``--seed``.
+    lr_grid: learning rates tried for the strategies that are not meta-learned (``fine-tune`` = Default,
+      ``replay``, ``retrain``, ``eals``), chosen on validation HR@5 (empty: ``strategy.learning_rate``).
+    meta_lr_grid: meta learning rates tried for MeLON's variants, ``mwnet``, ``metasgd`` and ``s2meta``,
+      chosen the same way (empty: each config's own).
+    eals, mwnet, metasgd, s2meta: the Table 2 baselines' hyper-parameters.
   """
 
   models: tuple = ("mf-bpr", "ncf")
   strategies: tuple = ("fine-tune", "retrain", "replay", "melon", "melon-authors")
-  offline: float = 0.95
+  offline: float = _SPLIT["offline"]
   min_count: int = 20
   pretrain_epochs: int = 10
   max_blocks: int = 0
@@ -89,6 +119,14 @@ class MelonExperimentConfig:
   checkpoint_every: int = 50
   strategy: strategies_lib.StrategyConfig = DEFAULT_STRATEGY
   melon: melon_lib.MelonConfig = melon_lib.MelonConfig()
+  validation: float = _SPLIT["valid"]
+  seeds: tuple = ()
+  lr_grid: tuple = ()
+  meta_lr_grid: tuple = ()
+  eals: baselines_lib.EalsConfig = baselines_lib.EalsConfig()
+  mwnet: baselines_lib.MetaLearnedConfig = baselines_lib.MetaLearnedConfig()
+  metasgd: baselines_lib.MetaLearnedConfig = baselines_lib.MetaLearnedConfig()
+  s2meta: s2meta_lib.S2MetaConfig = s2meta_lib.S2MetaConfig()
 
 
 def check(config: MelonExperimentConfig) -> None:
@@ -104,6 +142,14 @@ def check(config: MelonExperimentConfig) -> None:
     raise ValueError(f"--config.offline must be in (0, 1), got {config.offline}")
   if config.min_count < 0 or config.max_blocks < 0 or config.pretrain_epochs < 0:
     raise ValueError("--config.min_count, --config.max_blocks and --config.pretrain_epochs must be >= 0")
+  if not 0.0 <= config.validation < 1.0 - config.offline:
+    raise ValueError(f"--config.validation must be in [0, 1 - offline), got {config.validation}")
+  for field in ("lr_grid", "meta_lr_grid"):
+    grid = getattr(config, field)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in grid):
+      raise ValueError(f"--config.{field}: every value must be a number > 0, got {grid}")
+  if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in config.seeds):
+    raise ValueError(f"--config.seeds: every seed must be an integer >= 0, got {config.seeds}")
 
 
 def load(dataset: str, config: MelonExperimentConfig, seed: int, cache_dir: Optional[str]):
@@ -119,12 +165,45 @@ def _truncate(data: blocks_lib.Blocks, n: int) -> blocks_lib.Blocks:
   return dataclasses.replace(data, starts=data.starts[:n], ends=data.ends[:n])
 
 
-def make_strategy(name: str, env: strategies_lib.Env, config: MelonExperimentConfig):
+def grid_for(name: str, config: MelonExperimentConfig) -> tuple:
+  """The values of ``name``'s tuned hyper-parameter (``(None,)``: nothing to choose)."""
+  meta = name in melon_lib.VARIANTS or name in META_LEARNED
+  return tuple(config.meta_lr_grid if meta else config.lr_grid) or (None,)
+
+
+def make_strategy(name: str, env: strategies_lib.Env, config: MelonExperimentConfig, value=None):
+  """``(learner, jittable)`` for ``name`` with its tuned hyper-parameter set to ``value`` (None: the
+  config's): the meta learning rate of the meta-learned strategies, else the Default's learning rate."""
+  meta = {} if value is None else {"meta_learning_rate": float(value)}
   if name in melon_lib.VARIANTS:
     v = melon_lib.VARIANTS[name]
-    return melon_lib.make(env, dataclasses.replace(config.melon, meta=v.meta, order=v.order)), True
+    return melon_lib.make(env, dataclasses.replace(config.melon, meta=v.meta, order=v.order, **meta)), True
+  if name in META_LEARNED:
+    return strategies_lib.get(name).make(env, dataclasses.replace(getattr(config, name), **meta)), True
+  if value is not None:
+    env = dataclasses.replace(env, config=dataclasses.replace(env.config, learning_rate=float(value)))
+  if name == "eals":
+    return baselines_lib.eals(env, config.eals), True
   d = strategies_lib.get(name)
   return d.make(env), d.jittable
+
+
+def validation_blocks(config: MelonExperimentConfig, num_rows: int, num_blocks: int) -> int:
+  """Mini-batches of the online validation slice: ``validation`` of the log, at least two when > 0 (the
+  first online batch is scored before any update, so its score is the same for every setting: one
+  validation batch could not tell settings apart; on synthetic:small 0.5% is < 1 batch)."""
+  if not config.validation:
+    return 0
+  n = max(2, int(round(config.validation * num_rows / config.strategy.batch_size)))
+  if n >= num_blocks:
+    raise ValueError(f"--config.validation: {n} validation batches leave no test batch of {num_blocks}")
+  return n
+
+
+def mean_se(xs) -> tuple:
+  xs = np.asarray(xs, np.float64)
+  se = float(xs.std(ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else float("nan")
+  return float(xs.mean()), se
 
 
 def batch_mean(records: list, key: str) -> float:
@@ -143,70 +222,122 @@ def paired_t(records_a: list, records_b: list, key: str) -> dict:
   return {"mean_diff": float(np.mean(a - b)), "t": float(t), "p": float(p), "n": int(len(a))}
 
 
+METRICS = [f"HR@{k}" for k in KS] + [f"NDCG@{k}" for k in KS]
+
+
+def _stream(learner, jittable, params, data, evaluator, rng):
+  """A validation stream (no checkpoints)."""
+  state = jax.block_until_ready(learner.init(params, rng))
+  return loop_lib.run(learner, state, data, evaluator, rng=rng, config=loop_lib.StreamConfig(jit=jittable))
+
+
 def run(config: MelonExperimentConfig, dataset: str, *, seed: int = 0, workdir: Optional[str] = None,
         cache_dir: Optional[str] = None) -> dict:
-  """Pre-trains each model once, streams every strategy from it; returns the results dict."""
+  """The protocol (module docstring) for every model, seed and strategy; returns the results dict.
+
+  Per model and seed: pre-train once; per strategy and value of its grid (:func:`grid_for`), stream the
+  validation mini-batches and keep the value with the best mean HR@5 there (ties: the first); then stream
+  validation + test with it and report the test mini-batches only."""
   check(config)
   log = load(dataset, config, seed, cache_dir)
   data = _truncate(blocks_lib.from_prequential(log, config.strategy.batch_size, config.offline),
                    config.max_blocks)
+  n_val = validation_blocks(config, len(log), len(data))
+  val_data = _truncate(data, n_val)
+  seeds = tuple(config.seeds) or (seed,)
   everything = Queries.from_log(log, [log])
   negatives = fit_lib.capped_negatives(everything, log.num_items, config.eval_negatives, "melon")
   sampled = f"sampled{negatives}"
-  rows, streams, tests, lr_stats = [], {}, {}, {}
+  rows, streams, tests, lr_stats, per_seed, chosen = [], {}, {}, {}, [], {}
+  test_recs = {}  # (model, name) -> {seed: test records}
   for model in config.models:
     spec = registry.get(model)
     module = spec.make(log.num_users, log.num_items, **HPARAMS[model])
     env = strategies_lib.Env(model, module, config.strategy, data)
-    init_key, pre_key, stream_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    t0 = time.perf_counter()
-    params = jax.block_until_ready(strategies_lib.pretrain(env, strategies_lib.init_params(env, init_key),
-                                                           pre_key, config.pretrain_epochs))
-    pretrain_s = time.perf_counter() - t0
-    evaluator = evaluate_lib.BlockEvaluator(spec.score_fn(module), data, num_negatives=negatives, seed=seed,
-                                            full=config.full_ranking, ks=KS)
     streams[model] = {}
-    for name in config.strategies:
-      learner, jittable = make_strategy(name, env, config)
+    pretrain_s = {}
+    for sd in seeds:
+      init_key, pre_key, stream_key = jax.random.split(jax.random.PRNGKey(sd), 3)
       t0 = time.perf_counter()
-      state = jax.block_until_ready(learner.init(params, stream_key))
-      init_s = time.perf_counter() - t0
-      wd = os.path.join(workdir, "streams", model, name) if workdir else None
-      run_config = {"dataset": dataset, "seed": seed, "model": model, "strategy": name,
-                    "config": {k: v for k, v in configs.to_dict(config).items()
-                               if k not in ("models", "strategies", "checkpoint_every", "max_blocks")}}
-      res = loop_lib.run(learner, state, data, evaluator, rng=stream_key, workdir=wd,
-                         config=loop_lib.StreamConfig(checkpoint_every=config.checkpoint_every, jit=jittable),
-                         run_config=run_config)
-      recs = res.records
-      streams[model][name] = recs
-      if name == "melon" and workdir:
-        lr_stats[model] = lr_matrix(env, config, res.state, data, workdir, model)
-      row = {"model": model, "strategy": name}
-      for k in KS:
-        row[f"HR@{k}"] = batch_mean(recs, f"{sampled}/HR@{k}")
-      for k in KS:
-        row[f"NDCG@{k}"] = batch_mean(recs, f"{sampled}/NDCG@{k}")
-      if config.full_ranking:
-        row["full NDCG@10"] = batch_mean(recs, "full/NDCG@10")
-        row["full HR@10"] = batch_mean(recs, "full/HR@10")
-      ups = [r["update_seconds"] for r in recs[1:]] or [r["update_seconds"] for r in recs]
-      row["ms/batch (median)"] = 1000 * float(np.median(ups))
-      row["first batch s"] = recs[0]["update_seconds"] if recs else float("nan")
-      row["init s"] = init_s
-      row["pretrain s"] = pretrain_s
+      params = jax.block_until_ready(strategies_lib.pretrain(env, strategies_lib.init_params(env, init_key),
+                                                             pre_key, config.pretrain_epochs))
+      pretrain_s[sd] = time.perf_counter() - t0
+      evaluator = evaluate_lib.BlockEvaluator(spec.score_fn(module), data, num_negatives=negatives, seed=sd,
+                                              full=config.full_ranking, ks=KS)
+      for name in config.strategies:
+        grid = grid_for(name, config)
+        val_scores = {}
+        if len(grid) > 1:
+          for v in grid:
+            learner, jittable = make_strategy(name, env, config, v)
+            res = _stream(learner, jittable, params, val_data, evaluator, stream_key)
+            val_scores[v] = batch_mean(res.records, f"{sampled}/HR@5")
+        best = max(val_scores, key=val_scores.get) if val_scores else grid[0]
+        chosen.setdefault(f"{model}/{name}", {})[str(sd)] = {"value": best, "validation HR@5": val_scores}
+        learner, jittable = make_strategy(name, env, config, best)
+        wd = os.path.join(workdir, "streams", model, name, f"seed{sd}") if workdir else None
+        run_config = {"dataset": dataset, "seed": sd, "model": model, "strategy": name, "value": best,
+                      "config": {k: v for k, v in configs.to_dict(config).items()
+                                 if k not in ("models", "strategies", "checkpoint_every", "max_blocks",
+                                              "seeds")}}
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(learner.init(params, stream_key))
+        init_s = time.perf_counter() - t0
+        res = loop_lib.run(learner, state, data, evaluator, rng=stream_key, workdir=wd,
+                           config=loop_lib.StreamConfig(checkpoint_every=config.checkpoint_every,
+                                                        jit=jittable),
+                           run_config=run_config)
+        recs = [dict(r, validation=r["block"] < n_val) for r in res.records]
+        if sd == seeds[0]:
+          streams[model][name] = recs
+          if name == "melon" and workdir:
+            lr_stats[model] = lr_matrix(env, dataclasses.replace(config, melon=dataclasses.replace(
+                config.melon, **({} if best is None else {"meta_learning_rate": float(best)}))),
+                res.state, data, workdir, model)
+        test = [r for r in recs if not r["validation"]]
+        test_recs.setdefault((model, name), {})[sd] = test
+        ups = [r["update_seconds"] for r in recs[1:]] or [r["update_seconds"] for r in recs]
+        one = {"model": model, "strategy": name, "seed": sd, "value": best,
+               **{m: batch_mean(test, f"{sampled}/{m}") for m in METRICS},
+               "ms/batch (median)": 1000 * float(np.median(ups)), "init s": init_s,
+               "pretrain s": pretrain_s[sd]}
+        if config.full_ranking:
+          one["full NDCG@10"] = batch_mean(test, "full/NDCG@10")
+          one["full HR@10"] = batch_mean(test, "full/HR@10")
+        per_seed.append(one)
+    for name in config.strategies:
+      mine = [r for r in per_seed if r["model"] == model and r["strategy"] == name]
+      row = {"model": model, "strategy": name, "seeds": len(mine)}
+      for m in METRICS + (["full HR@10", "full NDCG@10"] if config.full_ranking else []):
+        row[m], se = mean_se([r[m] for r in mine])
+        if len(mine) > 1 and m in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
+          row[f"{m} s.e."] = se
+      values = sorted({str(r["value"]) for r in mine})
+      row["chosen"] = ",".join(values)
+      for k in ("ms/batch (median)", "init s", "pretrain s"):
+        row[k] = float(np.median([r[k] for r in mine]))
       rows.append(row)
     if "fine-tune" in config.strategies:
       for name in config.strategies:
         if name in melon_lib.VARIANTS:
-          tests[f"{model}: {name} vs fine-tune"] = {
-              m: paired_t(streams[model][name], streams[model]["fine-tune"], f"{sampled}/{m}")
-              for m in ("HR@5", "NDCG@5")}
-  return {"dataset": dataset, "seed": seed, "config": configs.to_dict(config), "eval_negatives": negatives,
+          a, b = test_recs[(model, name)], test_recs[(model, "fine-tune")]
+          t = {}
+          for m in ("HR@5", "NDCG@5", "NDCG@10"):
+            key = f"{sampled}/{m}"
+            # Over the (seed, batch) pairs of the test batches, and over the seeds' means (Table 6).
+            t[m] = paired_t(sum((a[s] for s in seeds), []), sum((b[s] for s in seeds), []), key)
+            if len(seeds) > 1:
+              t[f"{m} over seeds"] = paired_t([{key: batch_mean(a[s], key)} for s in seeds],
+                                              [{key: batch_mean(b[s], key)} for s in seeds], key)
+          tests[f"{model}: {name} vs fine-tune"] = t
+  test_rows = int(sum(data.ends[n_val:] - data.starts[n_val:])) if len(data) > n_val else 0
+  return {"dataset": dataset, "seed": seed, "seeds": list(seeds), "protocol": PROTOCOL,
+          "config": configs.to_dict(config), "eval_negatives": negatives,
           "num_users": log.num_users, "num_items": log.num_items, "interactions": len(log),
-          "num_blocks": len(data), "block_size": data.block_size, "offline_rows": data.offline_end,
-          "stream_rows": int(data.sizes().sum()), "table": rows, "paired_t": tests, "lr_matrix": lr_stats,
-          "streams": streams}
+          "num_blocks": len(data), "validation_blocks": n_val, "test_blocks": len(data) - n_val,
+          "test_rows": test_rows, "block_size": data.block_size, "offline_rows": data.offline_end,
+          "stream_rows": int(data.sizes().sum()), "table": rows, "per_seed": per_seed, "chosen": chosen,
+          "paired_t": tests, "lr_matrix": lr_stats, "streams": streams}
 
 
 def lr_matrix(env, config: MelonExperimentConfig, state, data, workdir: str, model: str) -> dict:
@@ -325,9 +456,13 @@ def main(argv):
   path = common.write_results(workdir, results)
   print(f"{results['num_blocks']} batches of <= {results['block_size']} after {results['offline_rows']} "
         f"offline rows ({results['num_users']} users, {results['num_items']} items)")
+  print(f"validation: {results['validation_blocks']} batches; test: {results['test_blocks']} batches "
+        f"({results['test_rows']} rows); seeds {results['seeds']}")
   for r in results["table"]:
-    print(f"{r['model']:7s} {r['strategy']:14s} HR@5={r['HR@5']:.4f} HR@10={r['HR@10']:.4f} "
-          f"NDCG@5={r['NDCG@5']:.4f} NDCG@10={r['NDCG@10']:.4f}  {r['ms/batch (median)']:.1f} ms/batch")
+    se = lambda m, r=r: f"±{r[m + ' s.e.']:.4f}" if m + " s.e." in r else ""  # noqa: E731
+    print(f"{r['model']:7s} {r['strategy']:14s} HR@5={r['HR@5']:.4f}{se('HR@5')} HR@10={r['HR@10']:.4f} "
+          f"NDCG@5={r['NDCG@5']:.4f} NDCG@10={r['NDCG@10']:.4f}{se('NDCG@10')}  "
+          f"{r['ms/batch (median)']:.1f} ms/batch  chosen={r['chosen']}")
   for name, t in results["paired_t"].items():
     print(name, json.dumps(t))
   print(f"wrote {path}")

@@ -43,6 +43,7 @@ from jaxrec.methods.melon import rows
 from jaxrec.stream import strategies as strategies_lib
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import state as state_lib
+from jaxrec.train.fit import check_fields
 
 FEATURES = 6  # preprocessed gradient (2), preprocessed loss (2), theta, the gate's previous value
 
@@ -59,10 +60,9 @@ class S2MetaConfig:
   forget_bias: float = 5.0
 
   def __post_init__(self):
-    if not self.meta_learning_rate > 0:
-      raise ValueError(f"meta_learning_rate must be > 0, got {self.meta_learning_rate}")
-    if self.offline_epochs < 0:
-      raise ValueError(f"offline_epochs must be >= 0, got {self.offline_epochs}")
+    check_fields(self, {"meta_learning_rate": ("pos", 0, False), "offline_epochs": ("int", 0, False),
+                        "offline_meta_only": ("bool", 0, False), "rate_bias": ("float", -1e9, False),
+                        "forget_bias": ("float", -1e9, False)})
 
 
 @flax.struct.dataclass

@@ -36,6 +36,7 @@ from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import strategies as strategies_lib
 from jaxrec.train import learner as learner_lib
+from jaxrec.train.fit import ConfigError, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +62,11 @@ class MelonConfig:
   offline_meta_only: bool = True
 
   def __post_init__(self):
-    if self.num_neighbours < 1:
-      raise ValueError(f"num_neighbours must be >= 1, got {self.num_neighbours}")
-    if self.offline_epochs < 0:
-      raise ValueError(f"offline_epochs must be >= 0, got {self.offline_epochs}")
-    if not self.meta_learning_rate > 0:
-      raise ValueError(f"meta_learning_rate must be > 0, got {self.meta_learning_rate}")
-    step_lib.StepConfig(module=None, order=self.order, dense=self.dense)  # validates order / dense
+    check_fields(self, {"meta_learning_rate": ("pos", 0, False), "num_neighbours": ("int", 1, False),
+                        "order": ("int", 1, False), "dense": (step_lib.DENSE_MODES, 0, False),
+                        "offline_epochs": ("int", 0, False), "offline_meta_only": ("bool", 0, False)})
+    if self.order not in (1, 2):
+      raise ConfigError(type(self).__name__, "order", f"must be 1 or 2, got {self.order!r}")
 
 
 AUTHORS = meta_lib.MetaConfig(role_layers=1, interaction_layers=2, param_value=False, batch_mean_loss=True,
