@@ -35,7 +35,7 @@ from typing import Iterable, Iterator, Mapping, Optional, Tuple
 import numpy as np
 
 from jaxrec import io
-from jaxrec.data.log import DataError, InteractionLog, concat_logs
+from jaxrec.data.log import DataError, InteractionLog
 
 META = "meta.json"
 FORMAT = 1
@@ -81,14 +81,14 @@ class ShardedLog:
   def to_log(self) -> InteractionLog:
     """The whole log in memory (for small logs and tests)."""
     feats = self.item_features()
-    parts = [InteractionLog(
-        user=np.asarray(self.column("user", s)), item=np.asarray(self.column("item", s)),
-        timestamp=np.asarray(self.column("timestamp", s)), num_users=self.num_users,
-        num_items=self.num_items,
-        rating=np.asarray(self.column("rating", s)) if "rating" in self.columns else None,
-        item_features=None if feats is None else np.asarray(feats), name=self.name)
-        for s in range(self.num_shards)]
-    return concat_logs(parts)
+
+    def col(c):
+      return np.concatenate([np.asarray(self.column(c, s)) for s in range(self.num_shards)])
+
+    return InteractionLog(user=col("user"), item=col("item"), timestamp=col("timestamp"),
+                          num_users=self.num_users, num_items=self.num_items,
+                          rating=col("rating") if "rating" in self.columns else None,
+                          item_features=None if feats is None else np.asarray(feats), name=self.name)
 
 
 def _read_meta(directory: str) -> Optional[dict]:
