@@ -19,7 +19,8 @@ Families and their training batches (see :mod:`jaxrec.models.mf`, :mod:`jaxrec.m
 
 Registered: ``mf-bpr`` and ``mf-log`` (Rendle et al. 2009; MF with log loss as in MeLON/SML),
 ``ncf`` (He et al. 2017), ``gru4rec`` (Hidasi et al. 2016), ``caser`` (Tang & Wang 2018), ``sasrec``
-(Kang & McAuley 2018), ``sumpool``. Adding a model is one :func:`register` call.
+(Kang & McAuley 2018), ``sumpool``, ``bert4rec`` (Sun et al. 2019; Cloze-trained, its own loss in
+:mod:`jaxrec.models.bert4rec`). Adding a model is one :func:`register` call.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.models import mf, ncf, sequential
+from jaxrec.models import bert4rec, mf, ncf, sequential
 
 Array = jax.Array
 ScoreFn = Callable[[Any, Mapping[str, Array], Array], Array]
@@ -166,3 +167,7 @@ register(ModelSpec("sasrec", "sequence", sequential.SASRec,
                    "softmax", sequential.make_loss_fn, all_positions=True))
 register(ModelSpec("sumpool", "sequence", sequential.SumPooling, {"dim": 64, "mean": True}, "softmax",
                    sequential.make_loss_fn))
+register(ModelSpec("bert4rec", "sequence", bert4rec.BERT4Rec,
+                   {"dim": 64, "max_len": 200, "num_blocks": 2, "num_heads": 2, "dropout": 0.1,
+                    "mask_prob": 0.2, "max_predictions": 20}, "full_softmax", bert4rec.make_loss_fn,
+                   all_positions=True))
