@@ -190,7 +190,9 @@ def _prefetch(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
     return
   queue = collections.deque()
   for batch in batches:
-    queue.append(jax.device_put(batch))
+    # Batches already placed (e.g. global arrays sharded over several processes) are not moved.
+    placed = all(isinstance(x, jax.Array) for x in jax.tree.leaves(batch))
+    queue.append(batch if placed else jax.device_put(batch))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
