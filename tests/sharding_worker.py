@@ -112,6 +112,42 @@ def _resume(learner, params, batches, tables):
   return {"restored_equal": same, "specs": specs}
 
 
+def _local_slices(batches, process, processes):
+  """Each process's slice of every batch (the leading axis split in process order)."""
+  out = []
+  for b in batches:
+    h = b["user"].shape[0] // processes
+    out.append({k: v[process * h:(process + 1) * h] for k, v in b.items()})
+  return out
+
+
+def _multihost_run(process, processes):
+  """MF-BPR with lazy Adam on a 2 x 2 mesh, 2 x 20 steps through ``loop.train``; batches are given
+  as each process's local slice. Returns the served params (gathered to every process)."""
+  from jax.experimental import multihost_utils
+  spec = registry.get("mf-bpr")
+  module = spec.make(USERS, ITEMS, dim=8)
+  params = spec.init(jax.random.key(1), module, registry.sample_batch("user"))
+  lookups = sparse.RowLookups(**mf.row_lookups(module))
+  plan = sharding.ShardingPlan(sharding.make_mesh(2, 2), tuple(p for p, _ in lookups.tables))
+  learner = sparse.row_sparse_learner(mf.compact_loss_fn(module, "bpr"), lookups, sparse.lazy_adam(0.05))
+  local = _local_slices(_mf_batches(), process, processes)
+  _, state, _ = _train(learner, params, local, plan, epochs=5)
+  served = sharding.shard_learner(learner, plan, params).params(state)
+  gathered = multihost_utils.process_allgather(served, tiled=True)
+  return [np.asarray(x).tolist() for x in jax.tree.leaves(gathered)]
+
+
+def multihost(process: int, processes: int, port: int) -> None:
+  """One process of a ``processes``-process run (2 CPU devices each) through ``jax.distributed``."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  assert sharding.initialize_distributed(f"localhost:{port}", processes, process)
+  assert jax.process_count() == processes and len(jax.devices()) == 2 * processes
+  leaves = _multihost_run(process, processes)
+  if process == 0:  # gloo logs to stdout too: the result is the line starting with RESULT
+    print("RESULT " + json.dumps({"params": leaves}), flush=True)
+
+
 def main():
   assert len(jax.devices()) == 4, jax.devices()
   spec = registry.get("mf-bpr")
@@ -126,6 +162,7 @@ def main():
       "mf_lazy_adam": _case(sparse.row_sparse_learner(mf.compact_loss_fn(module, "bpr"), lookups,
                                                       sparse.lazy_adam(0.05)), params, batches, tables),
   }
+  results["multihost_reference"] = _multihost_run(0, 1)
   results["mf_lazy_adam_resume"] = _resume(
       sparse.row_sparse_learner(mf.compact_loss_fn(module, "bpr"), lookups, sparse.lazy_adam(0.05)),
       params, batches, tables)
@@ -148,6 +185,9 @@ def main():
 
 
 if __name__ == "__main__":
-  if "--xla_force_host_platform_device_count=4" not in os.environ.get("XLA_FLAGS", ""):
+  if len(sys.argv) == 4:  # python -m tests.sharding_worker PROCESS PROCESSES PORT (2 devices each)
+    multihost(*map(int, sys.argv[1:]))
+  elif "--xla_force_host_platform_device_count=4" not in os.environ.get("XLA_FLAGS", ""):
     sys.exit("run with XLA_FLAGS=--xla_force_host_platform_device_count=4")
-  main()
+  else:
+    main()

@@ -2,13 +2,16 @@
 
 The 4-device half runs in a subprocess (``tests/sharding_worker.py``) because
 ``--xla_force_host_platform_device_count`` must be set before JAX initialises. Multi-host
-(``jax.distributed.initialize``) is not testable here beyond the single-process path.
+runs as 2 local processes of 2 CPU devices each (``jax.distributed.initialize`` on localhost, gloo
+collectives), compared with 1 process of 4 devices; real multi-machine runs are not testable here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -102,17 +105,22 @@ class OneDeviceTest(absltest.TestCase):
     self.assertEqual(calls[1], dict(coordinator_address=None, num_processes=None, process_id=None))
 
 
+@functools.lru_cache(maxsize=None)
+def _four_devices() -> dict:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "tests.sharding_worker"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  if proc.returncode:
+    raise AssertionError(f"sharding_worker failed:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout)
+
+
 class FourDevicesTest(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "tests.sharding_worker"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-      raise AssertionError(f"sharding_worker failed:\n{proc.stderr[-4000:]}")
-    cls.results = json.loads(proc.stdout)
+    cls.results = _four_devices()
 
   def _check_case(self, name, rows, dim, zero_grad=()):
     case = self.results[name]
@@ -164,6 +172,29 @@ class FourDevicesTest(absltest.TestCase):
     rec = self.results["mf_lazy_adam_resume"]
     self.assertTrue(rec["restored_equal"])
     self.assertEqual(rec["specs"], ["P('model',)", "P()"])
+
+
+class TwoProcessesTest(absltest.TestCase):
+
+  def test_two_processes_through_jax_distributed_equal_one_process(self):
+    """2 processes x 2 CPU devices (``jax.distributed`` over localhost, gloo collectives), each feeding
+    its half of every batch, reach the parameters of 1 process x 4 devices on the same 2 x 2 mesh."""
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.sharding_worker", str(k), "2", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+      self.assertEqual(p.returncode, 0, err[-3000:])
+    line = [x for x in outs[0][0].splitlines() if x.startswith("RESULT ")][-1]
+    got = json.loads(line[len("RESULT "):])["params"]
+    want = _four_devices()["multihost_reference"]
+    self.assertLen(got, len(want))
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=ATOL)
 
 
 if __name__ == "__main__":
