@@ -15,41 +15,22 @@ import numpy as np
 import optax
 import flax
 
-from jaxrec.data import preprocess, synthetic
 from jaxrec.methods.melon import baselines
 from jaxrec.methods.melon import history as history_lib
 from jaxrec.methods.melon import meta_model as meta_lib
 from jaxrec.methods.melon import rows
 from jaxrec.methods.melon import s2meta
-from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import loop as loop_lib
 from jaxrec.stream import strategies as strategies_lib
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import state as state_lib
 from tests import learner_contract
+from tests.test_melon import _data, _log, _module  # shared fixtures (one synthetic:tiny stream)
 
 _observe = jax.jit(history_lib.observe)
 STRATEGY = strategies_lib.StrategyConfig(batch_size=64, num_negatives=1, loss="bpr", weight_decay=1e-3)
 NAMES = ("eals", "mwnet", "metasgd", "s2meta")
-
-
-@functools.lru_cache(maxsize=None)
-def _log():
-  return preprocess.deduplicate(synthetic.generate("tiny", seed=0))
-
-
-@functools.lru_cache(maxsize=None)
-def _data():
-  return blocks_lib.from_prequential(_log(), 64, 0.9)
-
-
-@functools.lru_cache(maxsize=None)
-def _module(model):
-  log = _log()
-  hp = {"dim": 4, "use_bias": True, "init_scale": 0.3} if model == "mf-bpr" else \
-      {"mf_dim": 3, "mlp_layers": (4, 3, 3), "init_scale": 0.3}
-  return registry.get(model).make(log.num_users, log.num_items, **hp)
 
 
 def _env(model="mf-bpr"):
@@ -138,16 +119,22 @@ def _random_like(tree, seed, scale=1.0, shift=0.0, absolute=False):
   return jax.tree.map(one, tree)
 
 
-def _fd_check(test, f, x, g, seed, eps=1e-5, rtol=1e-5):
-  """Directional derivatives (gradient ``g`` of ``f`` at ``x``) along 2 random directions == central
-  differences of ``f`` (jitted)."""
-  f = jax.jit(f)
+def _check_meta_gradient(test, ours, reference, x, seed, eps=1e-5, rtol=1e-5):
+  """``value_and_grad(ours)`` at ``x`` == the reference's (value rtol 1e-10, gradient 1e-8), and its
+  directional derivatives along 2 random directions == central differences of ``ours`` (evaluated with
+  the same compiled ``value_and_grad``: no further compile)."""
+  vg = jax.jit(jax.value_and_grad(ours))
+  (v, g), (v_ref, g_ref) = vg(x), jax.jit(jax.value_and_grad(reference))(x)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-10)
+  test.assertGreater(float(optax.global_norm(g_ref)), 1e-8)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-14)
   for i in range(2):
-    v = _random_like(x, seed + i)
-    plus = f(jax.tree.map(lambda a, d: a + eps * d, x, v))
-    minus = f(jax.tree.map(lambda a, d: a - eps * d, x, v))
+    d = _random_like(x, seed + i)
+    plus = vg(jax.tree.map(lambda a, e: a + eps * e, x, d))[0]
+    minus = vg(jax.tree.map(lambda a, e: a - eps * e, x, d))[0]
     fd = (plus - minus) / (2 * eps)
-    an = sum(np.vdot(a, d) for a, d in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+    an = sum(np.vdot(a, e) for a, e in zip(jax.tree.leaves(g), jax.tree.leaves(d)))
     np.testing.assert_allclose(an, fd, rtol=rtol, atol=1e-12)
 
 
@@ -177,12 +164,7 @@ class MetaGradientTest(parameterized.TestCase):
         mn = now["mask"].astype(jnp.float64)
         return jnp.sum(mn * _bpr_rows(module, after, now["user"], slots_now)) / mn.sum()
 
-      (v, g), (v_ref, g_ref) = (jax.jit(jax.value_and_grad(f))(meta) for f in (ours, reference))
-      np.testing.assert_allclose(v, v_ref, rtol=1e-10)
-      self.assertGreater(float(optax.global_norm(g_ref)), 1e-8)
-      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-14)
-      _fd_check(self, ours, meta, g, 5)
+      _check_meta_gradient(self, ours, reference, meta, 5)
 
   def test_metasgd_meta_gradient_matches_reference_and_fd(self, model="ncf"):
     """Eq. 1 and 3 of Li et al.: alpha -> mean_{B_t} L(Theta - alpha o grad L_{B_{t-1}})."""
@@ -202,12 +184,7 @@ class MetaGradientTest(parameterized.TestCase):
         mn = now["mask"].astype(jnp.float64)
         return jnp.sum(mn * _bpr_rows(module, after, now["user"], slots_now)) / mn.sum()
 
-      (v, g), (v_ref, g_ref) = (jax.jit(jax.value_and_grad(f))(alpha) for f in (ours, reference))
-      np.testing.assert_allclose(v, v_ref, rtol=1e-10)
-      self.assertGreater(float(optax.global_norm(g_ref)), 1e-8)
-      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-14)
-      _fd_check(self, ours, alpha, g, 5)
+      _check_meta_gradient(self, ours, reference, alpha, 5)
 
 
   def test_s2meta_meta_gradient_matches_reference_and_fd(self):
@@ -254,12 +231,7 @@ class MetaGradientTest(parameterized.TestCase):
         mn = now["mask"].astype(jnp.float64)
         return jnp.sum(mn * _bpr_rows(module, after, now["user"], slots_now)) / mn.sum()
 
-      (v, g), (v_ref, g_ref) = (jax.jit(jax.value_and_grad(f))(phi) for f in (ours, reference))
-      np.testing.assert_allclose(v, v_ref, rtol=1e-10)
-      self.assertGreater(float(optax.global_norm(g_ref)), 1e-8)
-      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-14)
-      _fd_check(self, ours, phi, g, 6)
+      _check_meta_gradient(self, ours, reference, phi, 6)
 
 
 class EalsTest(parameterized.TestCase):
