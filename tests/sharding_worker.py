@@ -90,7 +90,7 @@ def _case(learner, params, batches, tables, replicated=()):
       if key is not None and padded[key] > logical[key]:
         pad_max = max(pad_max, float(np.max(np.abs(np.asarray(x)[logical[key]:]))))
     rec["padding_max_abs"] = pad_max
-    # A second run with the same learner and plan compiles no new step.
+    # A second (short) run with the same learner and plan compiles no new step.
     step = learner_lib.jit_update(sharded)
     before = step._cache_size()
     _train(learner, params, batches, plan, epochs=1)
@@ -122,7 +122,7 @@ def _local_slices(batches, process, processes):
 
 
 def _multihost_run(process, processes):
-  """MF-BPR with lazy Adam on a 2 x 2 mesh, 2 x 20 steps through ``loop.train``; batches are given
+  """MF-BPR with lazy Adam on a 2 x 2 mesh, 12 steps through ``loop.train``; batches are given
   as each process's local slice. Returns the served params (gathered to every process)."""
   from jax.experimental import multihost_utils
   spec = registry.get("mf-bpr")
@@ -132,7 +132,7 @@ def _multihost_run(process, processes):
   plan = sharding.ShardingPlan(sharding.make_mesh(2, 2), tuple(p for p, _ in lookups.tables))
   learner = sparse.row_sparse_learner(mf.compact_loss_fn(module, "bpr"), lookups, sparse.lazy_adam(0.05))
   local = _local_slices(_mf_batches(), process, processes)
-  _, state, _ = _train(learner, params, local, plan, epochs=5)
+  _, state, _ = _train(learner, params, local, plan, epochs=3)
   served = sharding.shard_learner(learner, plan, params).params(state)
   gathered = multihost_utils.process_allgather(served, tiled=True)
   return [np.asarray(x).tolist() for x in jax.tree.leaves(gathered)]

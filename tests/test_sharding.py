@@ -19,6 +19,7 @@ import chex
 import jax
 import numpy as np
 import optax
+import pytest
 from absl.testing import absltest
 
 from jaxrec.models import mf, registry
@@ -115,6 +116,7 @@ def _four_devices() -> dict:
   return json.loads(proc.stdout)
 
 
+@pytest.mark.slow  # one subprocess of ~25 s on quiet cores, almost all XLA compiles of 12 sharded steps
 class FourDevicesTest(absltest.TestCase):
 
   @classmethod
@@ -174,6 +176,7 @@ class FourDevicesTest(absltest.TestCase):
     self.assertEqual(rec["specs"], ["P('model',)", "P()"])
 
 
+@pytest.mark.slow  # two JAX processes
 class TwoProcessesTest(absltest.TestCase):
 
   def test_two_processes_through_jax_distributed_equal_one_process(self):
