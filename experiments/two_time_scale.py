@@ -81,7 +81,7 @@ class Options:
 
   Attributes:
     variants: 2TS variants to train (``tts.VARIANTS``).
-    baselines: base models to train (``BASELINE_NAMES``).
+    baselines: base models to train (of ``BASELINE_NAMES``; by default ``report.DEFAULT_BASELINES``).
     tts: the 2TS hyper-parameters (``--config.tts.FIELD``); ``t_star`` and ``k`` are overridden by the
       validation choice when a sweep is given, ``cell`` / ``stage2_steps`` / ``lr_*`` by the chosen
       ``stage2_grid`` setting, ``seed`` by the run's seed.
@@ -102,7 +102,7 @@ class Options:
   """
 
   variants: tuple[str, ...] = tts.VARIANTS
-  baselines: tuple[str, ...] = tuple(BASELINE_NAMES)
+  baselines: tuple[str, ...] = report.DEFAULT_BASELINES
   tts: tts.TwoTimeScaleConfig = tts.TwoTimeScaleConfig()
   stage2_grid: tuple[str, ...] = ("gru/one-group", "residual/mixed")
   patience: int = 3

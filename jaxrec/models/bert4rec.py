@@ -184,6 +184,9 @@ def cloze_inputs(module: BERT4Rec, batch: Mapping[str, Array], rng: Array):
     token_mask = jnp.concatenate([batch["history_mask"], jnp.ones_like(batch["positive"][:, None], bool)],
                                  axis=1)
     negs = jnp.broadcast_to(batch["negatives"][:, None], tokens.shape + batch["negatives"].shape[-1:])
+  # A chunk of max_len targets is max_len + 1 items: its oldest item then drops out (not its target).
+  keep = slice(-module.max_len, None)
+  tokens, token_mask, negs = tokens[:, keep], token_mask[:, keep], negs[:, keep]
   tokens, token_mask = tokens.astype(jnp.int32), token_mask.astype(bool)
   if "mask" in batch:
     token_mask = token_mask & batch["mask"].astype(bool)[:, None]
