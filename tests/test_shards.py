@@ -6,6 +6,8 @@ import collections
 import dataclasses
 import os
 import tempfile
+import threading
+import time
 
 import numpy as np
 from absl.testing import absltest
@@ -81,6 +83,27 @@ class ShardsTest(absltest.TestCase):
     starts = {int(next(shards.epoch_batches(self.log, 10, seed=0, epoch=e, window=1))["user"][0]
                   // CONFIG.chunk_users) for e in range(6)}
     self.assertGreater(len(starts), 1)
+
+  def test_background_prefetch_is_the_same_stream_and_stops_when_closed(self):
+    def items(prefetch):
+      return [b["item"] for b in shards.epoch_batches(self.log, 64, seed=0, epoch=0, prefetch=prefetch)]
+    for a, b in zip(items(0), items(3), strict=True):
+      np.testing.assert_array_equal(a, b)
+    before = threading.active_count()
+    it = shards.epoch_batches(self.log, 8, seed=0, epoch=0, prefetch=2)
+    next(it)
+    it.close()  # a loop that stops early
+    for _ in range(50):
+      if threading.active_count() <= before:
+        break
+      time.sleep(0.05)
+    self.assertLessEqual(threading.active_count(), before)
+
+    def failing():
+      yield 1
+      raise OSError("disk gone")
+    with self.assertRaisesRegex(OSError, "disk gone"):
+      list(shards.background(failing(), 2))
 
   def test_written_once_and_unfinished_writes_redone(self):
     stamp = os.stat(os.path.join(self.dir, "user-00000.npy")).st_mtime_ns

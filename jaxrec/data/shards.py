@@ -19,9 +19,11 @@ permutes the shards; ``window`` shards at a time are read, their rows permuted, 
 (the rows left over carried to the next window). Every row is in exactly one batch per epoch, with
 ``mask`` True; the last batch is completed with rows of the epoch's first batch with ``mask`` False,
 so shapes are static and no id is made up. Resident memory is ``window`` shards of the requested
-columns plus one batch, whatever the number of shards. The order depends on ``(seed, epoch)`` only,
-as :func:`jaxrec.train.loop.train` needs to resume. It is not the in-memory samplers' order (one global
-permutation): the same rows, shuffled within windows of shards instead of globally.
+columns plus one batch (two windows with the default background ``prefetch``, which reads and shuffles
+the next window while the steps run), whatever the number of shards. The order depends on
+``(seed, epoch)`` only, as :func:`jaxrec.train.loop.train` needs to resume. It is not the in-memory
+samplers' order (one global permutation): the same rows, shuffled within windows of shards instead of
+globally.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import shutil
+import threading
 from typing import Iterable, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
@@ -150,8 +154,51 @@ def steps_per_epoch(log: ShardedLog, batch_size: int) -> int:
   return -(-log.num_rows // batch_size)
 
 
+def background(iterable: Iterable, size: int) -> Iterator:
+  """``iterable``'s items, produced by a background thread up to ``size`` ahead (same order).
+
+  Reading and shuffling the next window overlaps the training steps (numpy releases the GIL in its
+  copies). An exception in the thread is raised here; closing the iterator (a loop that stops early)
+  stops the thread.
+  """
+  q: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def put(x) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(x, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def work():
+    try:
+      for item in iterable:
+        if not put((True, item)):
+          return
+      put((True, done))
+    except BaseException as e:  # handed to the consumer
+      put((False, e))
+
+  thread = threading.Thread(target=work, daemon=True)
+  thread.start()
+  try:
+    while True:
+      ok, item = q.get()
+      if not ok:
+        raise item
+      if item is done:
+        return
+      yield item
+  finally:
+    stop.set()
+
+
 def epoch_batches(log: ShardedLog, batch_size: int, *, seed: int, epoch: int,
-                  fields: Mapping[str, str] = None, window: int = 2) -> Iterator[dict]:
+                  fields: Mapping[str, str] = None, window: int = 2, prefetch: int = 4) -> Iterator[dict]:
   """The static-shape batches of one epoch (module docstring): ``{field: [batch_size], "mask": bool}``.
 
   Args:
@@ -160,10 +207,18 @@ def epoch_batches(log: ShardedLog, batch_size: int, *, seed: int, epoch: int,
     seed, epoch: the order is a function of these alone.
     fields: ``{batch field: column}`` (default ``{"user": "user", "item": "item"}``).
     window: shards read and shuffled together (resident memory: ``window`` shards' columns).
+    prefetch: batches a background thread prepares ahead (:func:`background`; 0: none). Resident memory
+      is then up to two windows (the one being cut and the next).
   """
-  if batch_size < 1 or window < 1:
-    raise DataError(f"epoch_batches: batch_size and window must be >= 1, got {batch_size}, {window}")
+  if batch_size < 1 or window < 1 or prefetch < 0:
+    raise DataError(f"epoch_batches: batch_size and window must be >= 1 and prefetch >= 0, got "
+                    f"{batch_size}, {window}, {prefetch}")
   fields = dict(fields or {"user": "user", "item": "item"})
+  batches = _epoch_batches(log, batch_size, seed, epoch, fields, window)
+  return background(batches, prefetch) if prefetch else batches
+
+
+def _epoch_batches(log, batch_size, seed, epoch, fields, window):
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(log.num_shards)
   carry = {f: np.zeros(0, np.int64) for f in fields}
