@@ -62,6 +62,7 @@ from jaxrec.eval.queries import Queries
 from jaxrec.methods import melon as melon_lib
 from jaxrec.methods.melon import baselines as baselines_lib
 from jaxrec.methods.melon import s2meta as s2meta_lib
+from jaxrec.methods import sml as _sml  # noqa: F401  (registers the stream strategies sml, sml-n, ...)
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import evaluate as evaluate_lib
@@ -106,6 +107,8 @@ class MelonExperimentConfig:
     meta_lr_grid: meta learning rates tried for MeLON's variants, ``mwnet``, ``metasgd`` and ``s2meta``,
       chosen the same way (empty: each config's own).
     eals, mwnet, metasgd, s2meta: the Table 2 baselines' hyper-parameters.
+    mf_bias: MF with user/item/global biases (the authors' BPR-MF); False for SML's row (its transfer,
+      Eq. 12, is defined on bias-free MF: ``sml`` refuses a biased MF).
   """
 
   models: tuple = ("mf-bpr", "ncf")
@@ -127,6 +130,7 @@ class MelonExperimentConfig:
   mwnet: baselines_lib.MetaLearnedConfig = baselines_lib.MetaLearnedConfig()
   metasgd: baselines_lib.MetaLearnedConfig = baselines_lib.MetaLearnedConfig()
   s2meta: s2meta_lib.S2MetaConfig = s2meta_lib.S2MetaConfig()
+  mf_bias: bool = True
 
 
 def check(config: MelonExperimentConfig) -> None:
@@ -252,7 +256,9 @@ def run(config: MelonExperimentConfig, dataset: str, *, seed: int = 0, workdir: 
   test_recs = {}  # (model, name) -> {seed: test records}
   for model in config.models:
     spec = registry.get(model)
-    module = spec.make(log.num_users, log.num_items, **HPARAMS[model])
+    no_bias = model.startswith("mf") and not config.mf_bias
+    hp = dict(HPARAMS[model], **({"use_bias": False} if no_bias else {}))
+    module = spec.make(log.num_users, log.num_items, **hp)
     env = strategies_lib.Env(model, module, config.strategy, data)
     streams[model] = {}
     pretrain_s = {}
