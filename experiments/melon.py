@@ -80,6 +80,7 @@ KS = (5, 10, 20)
 PROTOCOL = "prequential"  # jaxrec.eval.paper_protocols: 95% offline / 0.5% validation / 4.5% test
 _SPLIT = dict(paper_protocols.get(PROTOCOL).split_options)
 META_LEARNED = ("mwnet", "metasgd", "s2meta")  # with MeLON's variants: tuned by meta_lr_grid
+LR_TUNED = ("fine-tune", "replay", "retrain", "eals")  # the Default's optimizer: tuned by lr_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +103,9 @@ class MelonExperimentConfig:
       protocol's 0.5%), rounded to whole mini-batches (at least two); the test is the rest of the stream.
     seeds: seeds of the model initialisation, pre-training, strategies and sampled negatives (empty:
       ``--seed`` only); the data come from ``--seed``.
-    lr_grid: learning rates tried for the strategies that are not meta-learned (``fine-tune`` = Default,
-      ``replay``, ``retrain``, ``eals``), chosen on validation HR@5 (empty: ``strategy.learning_rate``).
+    lr_grid: learning rates tried for the strategies that step with the Default's optimizer
+      (:data:`LR_TUNED`: ``fine-tune`` = Default, ``replay``, ``retrain``, ``eals``), chosen on validation
+      HR@5 (empty: ``strategy.learning_rate``); other strategies (``sml``) run with their own defaults.
     meta_lr_grid: meta learning rates tried for MeLON's variants, ``mwnet``, ``metasgd`` and ``s2meta``,
       chosen the same way (empty: each config's own).
     eals, mwnet, metasgd, s2meta: the Table 2 baselines' hyper-parameters.
@@ -171,8 +173,9 @@ def _truncate(data: blocks_lib.Blocks, n: int) -> blocks_lib.Blocks:
 
 def grid_for(name: str, config: MelonExperimentConfig) -> tuple:
   """The values of ``name``'s tuned hyper-parameter (``(None,)``: nothing to choose)."""
-  meta = name in melon_lib.VARIANTS or name in META_LEARNED
-  return tuple(config.meta_lr_grid if meta else config.lr_grid) or (None,)
+  if name in melon_lib.VARIANTS or name in META_LEARNED:
+    return tuple(config.meta_lr_grid) or (None,)
+  return (tuple(config.lr_grid) if name in LR_TUNED else ()) or (None,)  # others (e.g. sml): untuned
 
 
 def make_strategy(name: str, env: strategies_lib.Env, config: MelonExperimentConfig, value=None):
