@@ -119,6 +119,14 @@ class ShardsTest(absltest.TestCase):
     with self.assertRaisesRegex(DataError, "no finished shards"):
       shards.open_log(self.dir)
     self.assertEqual(shards.write(self.dir, _chunks()), self.log)
+    # A directory with anything else in it is never cleared: one error, the user's file untouched.
+    mine = os.path.join(self.dir, "notes.txt")
+    with open(mine, "w") as f:
+      f.write("a user's file\n")
+    os.remove(os.path.join(self.dir, shards.META))
+    with self.assertRaisesRegex(DataError, "not shards .*'notes.txt'"):
+      shards.write(self.dir, _chunks())
+    self.assertTrue(os.path.exists(mine))
 
   def test_bad_input_is_one_line(self):
     with self.assertRaisesRegex(DataError, "no column 'genre'"):

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import queue
+import re
 import shutil
 import threading
 from typing import Iterable, Iterator, Mapping, Optional, Tuple
@@ -42,6 +43,7 @@ from jaxrec import io
 from jaxrec.data.log import DataError, InteractionLog
 
 META = "meta.json"
+_SHARD_FILE = re.compile(r"(user|item|timestamp|rating)-\d{5}\.npy|item_features\.npy|meta\.json|\.tmp-.*")
 FORMAT = 1
 
 
@@ -125,6 +127,10 @@ def write(directory: str, chunks: Iterable[InteractionLog], *, overwrite: bool =
   if not overwrite and _read_meta(directory) is not None:
     return open_log(directory)
   if os.path.exists(directory):
+    foreign = [f for f in os.listdir(directory) if not _SHARD_FILE.fullmatch(f)]
+    if foreign:  # never delete what is not ours: a wrong --flag must not wipe a user's directory
+      raise DataError(f"shards.write({directory!r}): the directory holds files that are not shards "
+                      f"(e.g. {sorted(foreign)[0]!r}); give an empty or new directory")
     shutil.rmtree(directory)
   os.makedirs(directory)
   rows, columns, first = [], None, None
