@@ -436,8 +436,9 @@ def _experiment(ctx: RunContext) -> ExperimentResult:
     out[ds] = {k: v for k, v in res.items() if k != "streams"}
     cmd = command_for(ds, ctx.seed, config, f"runs/melon/{datasets.short_name(ds)}")
     rows = [dict(r, command=cmd) for r in res["table"]]
-    caption = (f"Prequential mini-batches of 256 after {res['offline_rows']} offline rows, "
-               f"{res['num_blocks']} batches; HR/NDCG over 1 positive + {res['eval_negatives']} uniform "
+    caption = (f"Prequential mini-batches of 256 after {res['offline_rows']} offline rows: "
+               f"{res['validation_blocks']} validation + {res['test_blocks']} test batches (test reported; "
+               f"seeds {res['seeds']}); HR/NDCG over 1 positive + {res['eval_negatives']} uniform "
                "negatives (the user's earlier items excluded), averaged over batches; ms/batch = median "
                "update time.")
     tables.append(Table(f"MeLON vs stream strategies ({datasets.short_name(ds)})", common.table_columns(rows),
