@@ -205,6 +205,37 @@ class RowsTest(parameterized.TestCase):
                     jax.tree.leaves((expect.user, expect.item, expect.dense))):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
+  def test_apply_subtracts_the_per_row_mean_of_the_deltas(self):
+    """rows.apply against a Python loop: each table row minus the mean of the deltas of the real entries
+    that hit it (duplicates within and across slots, padding dropped), dense leaves minus the batch mean."""
+    params = _params("mf-bpr")
+    roles = rows.leaf_roles(params)
+    batch = _batch()  # duplicated users and items, 2 padding rows
+    negatives = jnp.stack([batch["positive"][::-1], batch["positive"]], 1)  # items repeated across slots
+    upd = rows.gather(params, roles, batch["user"], batch["positive"], negatives, batch["mask"])
+    r = np.random.default_rng(0)
+    noise = lambda x: jnp.asarray(r.normal(size=(12,) + x.shape[1:]), jnp.float32)  # noqa: E731
+    delta = rows.PerSample(None, jax.tree.map(noise, upd.user), jax.tree.map(noise, upd.item),
+                           jax.tree.map(lambda x: jnp.asarray(r.normal(size=(12,) + x.shape), jnp.float32),
+                                        upd.dense))
+    out = rows.split(rows.apply(params, roles, upd, delta), roles)
+    ref = [dict((p, np.array(v)) for p, v in d.items()) for d in rows.split(params, roles)]
+    mask = np.asarray(batch["mask"])
+    for kind, idx, d in ((0, np.asarray(upd.user_idx)[:, None], delta.user),
+                         (1, np.asarray(upd.item_idx), delta.item)):
+      for p in ref[kind]:
+        hits = {}
+        for b in range(idx.shape[0]):
+          for k in range(idx.shape[1]):
+            if mask[b]:
+              hits.setdefault(int(idx[b, k]), []).append(np.asarray(d[p])[b, k])
+        for row, ds in hits.items():
+          ref[kind][p][row] -= np.mean(ds, axis=0)
+        np.testing.assert_allclose(out[kind][p], ref[kind][p], rtol=1e-5, atol=1e-6, err_msg=str(p))
+    for p, v in ref[2].items():
+      expect = v - np.asarray(delta.dense[p])[mask].mean(0)
+      np.testing.assert_allclose(out[2][p], expect, rtol=1e-5, atol=1e-6)
+
   def test_roles(self):
     roles = rows.leaf_roles(_params("ncf"))
     by = {r: sorted("/".join(p) for p, v in roles.items() if v == r) for r in (rows.USER, rows.ITEM)}
