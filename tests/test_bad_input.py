@@ -91,6 +91,8 @@ CASES = {
     "2ts-grid": ("experiments.two_time_scale", ["--config.stage2_grid=('lstm/mixed',)"],
                  ["stage2_grid entry 'lstm/mixed' must be CELL/STEPS"]),
     "2ts-cell": ("experiments.two_time_scale", ["--config.tts.cell=lstm"], ["cell must be one of"]),
+    "melon-mwnet-hidden": ("experiments.melon", ["--config.mwnet.hidden=0"],
+                           ["--config.mwnet.hidden must be >= 1"]),
     "sml-grid": ("experiments.sml", ["--config.grid=('sml.step1_lr=1e-2|-1.0',)"],
                  ["grid entry 'sml.step1_lr=1e-2|-1.0'", "step1_lr"]),
 }
