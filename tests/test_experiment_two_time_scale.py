@@ -13,12 +13,14 @@ from experiments import two_time_scale as exp
 from experiments import two_time_scale_report as report
 from jaxrec.methods import two_time_scale as tts
 
-_ROWS = {"2TS", "2TS-Plus", "2TS-SingleStage", "2-GRU", "CCF", "SumPooling", "GRU4Rec", "SASRec",
-         "Popularity"}
+# One sequence baseline: SumPooling and SASRec go through the same _train_baseline path (each one
+# more model to compile, ~20 s); the binary's default baselines are checked in test_options_*.
+_ROWS = {"2TS", "2TS-Plus", "2TS-SingleStage", "2-GRU", "CCF", "GRU4Rec", "Popularity"}
 
 
 def _tiny_options(**kw):
-  base = dict(base_epochs=1, base_batch_size=128, base_history_len=8, base_negatives=8, eval_negatives=49)
+  base = dict(base_epochs=1, base_batch_size=128, base_history_len=8, base_negatives=8, eval_negatives=49,
+              baselines=("gru4rec",))
   base.update(kw)
   return exp.Options(tts=tts.TwoTimeScaleConfig(t_star=5, k=3, num_offered=5, d_id=8, d_feat=4,
                                                 epochs_stage1=1, epochs_stage2=1, epochs_single=1), **base)
@@ -27,6 +29,7 @@ def _tiny_options(**kw):
 def test_options_reject_unknown_variant():
   with pytest.raises(ValueError, match="unknown"):
     exp.Options(variants=("2ts", "nope"))
+  assert exp.Options().baselines == ("sumpool", "gru4rec", "sasrec")
 
 
 def test_label_position_inside_bucket():
