@@ -37,7 +37,6 @@ import numpy as np
 from experiments import common, configs, plots
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
 from jaxrec.eval import protocols as protocols_lib
-from jaxrec.eval import segments
 from jaxrec.methods import tp
 from jaxrec.models import registry
 from jaxrec.train import fit as fit_lib
@@ -47,7 +46,7 @@ PROTOCOL = "tp-user-holdout"
 SPLIT = "user_holdout_last"
 NAMES = {"gru4rec": "GRU4Rec", "caser": "Caser", "sasrec": "SASRec", "sumpool": "SumPooling"}
 VARIANTS = ("plain", "tp", "alignment-only", "adversary-only", "neither")
-SEGMENTS = ("existing", "new", "existing/head", "existing/tail", "new/head", "new/tail")
+SEGMENTS = tp.GROUPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,12 +139,8 @@ def _setup(spec: str, seed: int, cache_dir: Optional[str], valid_negatives: int)
   new[sp.info["new_users"]] = True
   # Head / tail within each group by the user's interactions before the test item (Sec. 4.3).
   counts = sp.train.user_counts() + sp.valid.user_counts() + context.user_counts()
-  labels = np.full(prep.log.num_users, "", dtype=object)
-  for group, mask in (("existing", ~new), ("new", new)):
-    c = np.where(mask, counts, 0)
-    labels[mask] = [f"{group}/{x}" for x in segments.head_tail(c, np.flatnonzero(mask))]
-  return _Setup(prep, [sp.train, sp.valid, context, sp.test], new, labels.astype(str), test_protocols,
-                valid_sampled)
+  return _Setup(prep, [sp.train, sp.valid, context, sp.test], new, tp.group_labels(counts, new),
+                test_protocols, valid_sampled)
 
 
 def _queries(s: _Setup, encoder: str, length: int):
@@ -157,15 +152,9 @@ def _queries(s: _Setup, encoder: str, length: int):
 
 
 def evaluate(res: tp.TPResult, s: _Setup, test_q, ks: Sequence[int]) -> dict:
-  """``{protocol: {"summary", "segments": {label: {...}}}}`` (labels of :data:`SEGMENTS`)."""
-  out = {}
-  for name, protocol in s.test_protocols.items():
-    r = protocols_lib.evaluate(res.score_fn, res.params, test_q, protocol, s.prep.num_items, ks=ks)
-    fine = s.labels_by_user[r.users]
-    coarse = np.array([x.split("/")[0] for x in fine])
-    segs = {**segments.breakdown(r.per_query, coarse), **segments.breakdown(r.per_query, fine)}
-    out[name] = {"protocol": r.protocol_desc, "summary": r.summary, "segments": segs}
-  return out
+  """``{protocol: {"protocol", "summary", "segments": {label: {...}}}}`` (labels of :data:`SEGMENTS`)."""
+  return tp.evaluate_groups(res.score_fn, res.params, test_q, s.test_protocols, s.prep.num_items,
+                            s.labels_by_user, ks=ks)
 
 
 def _speed(res: tp.TPResult) -> dict:

@@ -391,5 +391,23 @@ class ExperimentTest(absltest.TestCase):
       tp.TPConfig(k=0)
 
 
+class GroupLabelsTest(absltest.TestCase):
+
+  def test_head_is_the_top_fifth_within_each_group_ties_by_user_index(self):
+    rng = np.random.default_rng(0)
+    n = 500
+    counts = np.minimum(rng.zipf(1.6, n), 300)  # long-tailed, many ties
+    counts[rng.random(n) < 0.1] = 0             # users with no interaction before the test item
+    new = rng.random(n) < 0.3
+    labels = tp.group_labels(counts, new)
+    for group, mask in (("existing", ~new), ("new", new)):
+      active = [u for u in range(n) if mask[u] and counts[u] > 0]
+      ranked = sorted(active, key=lambda u: (-counts[u], u))
+      head = set(ranked[:int(np.ceil(0.2 * len(active)))])
+      expected = [f"{group}/{'head' if u in head else 'tail'}" for u in range(n) if mask[u]]
+      self.assertEqual(labels[mask].tolist(), expected)
+    self.assertEqual(set(labels), {f"{g}/{x}" for g in ("existing", "new") for x in ("head", "tail")})
+
+
 if __name__ == "__main__":
   absltest.main()

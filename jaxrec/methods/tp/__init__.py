@@ -6,6 +6,7 @@ applied unchanged to the registry's sequence encoders (the paper's "-TP" models)
 
 * :mod:`.config`: :class:`TPConfig` (paper defaults where given).
 * :mod:`.tasks`: per-user tasks and the ``[C, k, S]`` meta-step batches, head labels (20% rule).
+* :mod:`.evaluate`: Sec. 4.3's existing/new x head/tail labels and the evaluation broken down by them.
 * :mod:`.alignment`: inner chains (``lax.scan`` over ``k``, ``vmap`` over chains), the averaged outer
   direction and Eq. 7's outer step (Algorithm 1's flipped sign discussed there), generic over the
   objective.
@@ -27,11 +28,13 @@ from jaxrec.methods.tp.adversary import Discriminator, discriminator_bce, inner_
 from jaxrec.methods.tp.alignment import outer_direction, outer_step, sgd_chain
 from jaxrec.methods.tp.config import TPConfig
 from jaxrec.methods.tp.learner import TPState, outer_optimizer, tp_learner
+from jaxrec.methods.tp.evaluate import GROUPS, evaluate_groups, group_labels
 from jaxrec.methods.tp.tasks import TaskData, epoch_batches, head_users, prepare, steps_per_epoch
 from jaxrec.methods.tp.training import TPResult, build, history_len, plain_learner, train, train_plain
 
 __all__ = [
     "Discriminator", "discriminator_bce", "inner_objective", "outer_direction", "outer_step", "sgd_chain",
     "TPConfig", "TPState", "outer_optimizer", "tp_learner", "TaskData", "epoch_batches", "head_users",
+    "GROUPS", "evaluate_groups", "group_labels",
     "prepare", "steps_per_epoch", "TPResult", "build", "history_len", "plain_learner", "train", "train_plain",
 ]
