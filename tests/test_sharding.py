@@ -106,9 +106,15 @@ class OneDeviceTest(absltest.TestCase):
     self.assertEqual(calls[1], dict(coordinator_address=None, num_processes=None, process_id=None))
 
 
+def _xla_flags(flag: str) -> str:
+  """The session's XLA flags (tests/conftest.py) plus ``flag``, for a worker process."""
+  return (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
 @functools.lru_cache(maxsize=None)
 def _four_devices() -> dict:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=_xla_flags("--xla_force_host_platform_device_count=4"),
+             JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-m", "tests.sharding_worker"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   if proc.returncode:
@@ -185,7 +191,8 @@ class TwoProcessesTest(absltest.TestCase):
     with socket.socket() as s:
       s.bind(("localhost", 0))
       port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=_xla_flags("--xla_force_host_platform_device_count=2"),
+               JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen([sys.executable, "-m", "tests.sharding_worker", str(k), "2", str(port)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k in range(2)]
