@@ -22,6 +22,7 @@ from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import loop as loop_lib
 from jaxrec.stream import strategies as strategies_lib
+from jaxrec.train import checkpoint as checkpoint_lib
 from jaxrec.train import learner as learner_lib
 from tests import learner_contract
 
@@ -295,7 +296,8 @@ class SelectiveUpdateTest(parameterized.TestCase):
     last = history_lib.b_last(state.history, jnp.asarray(block["user"]), jnp.asarray(block["positive"]),
                               jnp.asarray(block["mask"]))
     compiles = learner_contract.compile_count()
-    new, _ = jax.block_until_ready(learner_lib.jit_update(learner)(state, block, rng))
+    # Committed as the stream loop (``stream.run``) commits its state before the first update.
+    new, _ = jax.block_until_ready(learner_lib.jit_update(learner)(checkpoint_lib.commit(state), block, rng))
     self.assertEqual(learner_contract.compile_count() - compiles, 0, "the stream compiled the update again")
     # The negatives the step drew (mini-batch 0 of the block: key fold_in(rng, 0), split in three).
     negatives = jax.random.randint(jax.random.split(jax.random.fold_in(rng, 0), 3)[1], (64, 1), 0,

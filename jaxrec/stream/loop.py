@@ -102,7 +102,7 @@ def run(strategy: learner_lib.Learner, state: Any, data: blocks_lib.Blocks, eval
   update = learner_lib.jit_update(strategy) if config.jit else strategy.update
   abstract = checkpoint_lib.abstract_like(state)
   # Committed like restored checkpoints: fresh and resumed runs give the jitted update one signature.
-  state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
+  state = checkpoint_lib.commit(state)
   records, start = [], 0
   ckpt = None
   if workdir is not None:

@@ -73,6 +73,17 @@ def abstract_like(tree: PyTree) -> PyTree:
   return jax.tree.map(leaf, tree)
 
 
+def commit(tree: PyTree) -> PyTree:
+  """``tree`` with every leaf committed to the device(s) it is on, as a restored checkpoint is.
+
+  A jitted function compiles once for uncommitted and once more for committed arguments. The stream
+  loop commits its state (so fresh and resumed runs share one signature), and a strategy whose ``init``
+  runs the stream's compiled update over an offline prefix commits its state first, so the stream reuses
+  that compilation instead of compiling the same step again.
+  """
+  return jax.device_put(tree, jax.tree.map(lambda a: a.sharding, abstract_like(tree)))
+
+
 def _rank_key(metrics: Mapping[str, float]) -> Tuple[int, float, int]:
   # Scored checkpoints rank above unscored ones. Larger score is better and among equal scores the
   # EARLIEST step wins (as in a strict-improvement loop); among unscored ones the latest wins.

@@ -67,6 +67,7 @@ from jaxrec.methods.melon.step import block_scan
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import strategies as strategies_lib
+from jaxrec.train import checkpoint as checkpoint_lib
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import state as state_lib
 from jaxrec.train.fit import ConfigError, check_fields
@@ -399,6 +400,7 @@ def offline_pass(kind: str, st: Static, env: strategies_lib.Env, state, epochs: 
   pre = env.data.rows(0, n)
   update = learner_lib.jit_update(
       learner_lib.Learner(init=None, update=update_fn(kind, st, env.config.batch_size), params=None))
+  state = checkpoint_lib.commit(state)  # as the stream loop commits it: the stream reuses this compilation
   for e in range(epochs):
     for i, lo in enumerate(range(0, n, bs)):
       block = blocks_lib.pad_rows({k: v[lo:lo + bs] for k, v in pre.items()}, bs)

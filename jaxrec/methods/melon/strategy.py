@@ -35,6 +35,7 @@ from jaxrec.methods.melon import step as step_lib
 from jaxrec.models import registry
 from jaxrec.stream import blocks as blocks_lib
 from jaxrec.stream import strategies as strategies_lib
+from jaxrec.train import checkpoint as checkpoint_lib
 from jaxrec.train import learner as learner_lib
 from jaxrec.train.fit import ConfigError, check_fields
 
@@ -117,7 +118,8 @@ def _offline_pass(env, config: MelonConfig, state: step_lib.MelonState, rng) -> 
   bs = env.data.block_size
   empty = history_lib.empty(env.module.num_users, env.module.num_items, config.num_neighbours)
   for e in range(config.offline_epochs):
-    state = state.replace(history=jax.tree.map(jnp.copy, empty))
+    # Committed as the stream loop commits its state, so the stream reuses this compilation.
+    state = checkpoint_lib.commit(state.replace(history=jax.tree.map(jnp.copy, empty)))
     for i, lo in enumerate(range(0, n, bs)):
       block = blocks_lib.pad_rows({k: rows[k][lo:lo + bs] for k in ("user", "positive")}, bs)
       block["end"] = np.asarray(min(lo + bs, n), np.int64)

@@ -41,6 +41,7 @@ from jaxrec.methods.sml import steps, transfer
 from jaxrec.methods.sml.config import SMLConfig
 from jaxrec.models import mf
 from jaxrec.stream import strategies
+from jaxrec.train import checkpoint as checkpoint_lib
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import state as state_lib
 
@@ -213,6 +214,8 @@ def learner(config: SMLConfig, module, block_size: int, warmup=()) -> learner_li
     fresh = init_state(config, params, rng, block_size)  # what every pass starts from
     if config.passes == 1:
       return fresh
+    # Committed as the stream loop commits its state, so the stream reuses the passes' compilation.
+    fresh = checkpoint_lib.commit(fresh)
     step = learner_lib.jit_update(out)  # the stream loop's compiled update (state donated)
     copy = lambda: jax.tree.map(jnp.copy, fresh)  # noqa: E731
     state = copy()
