@@ -68,8 +68,8 @@ def test_notebook_opens_with_badge_install_and_backend(path):
       "write the full-length run time into the first cell")
   install = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
   assert "pip" in install and "jax.default_backend()" in install
-  assert "experiments" not in "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"), (
-      "notebooks use the library API, not the binaries' glue")
+  code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+  assert "experiments" not in code, "notebooks use the library API, not the binaries' glue"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
