@@ -14,6 +14,13 @@ Every split keeps the index space of its input (``num_users``, ``num_items``,
   and second half ground truth (tree paper 004, Appendix "experimental settings").
 * :func:`prequential`: time-ordered offline prefix then a stream of fixed-size
   mini-batches for validation and test (MeLON paper 002: 95% / 0.5% / 4.5%).
+* :func:`recbole_ratio`: RecBole 1.2.1's ``RS`` split (``eval_args.split: {'RS': [0.8, 0.1, 0.1]}``)
+  after its ``RO`` (random) or ``TO`` (time) ordering, per user or global, with its rounding rule.
+* :func:`recbole_leave_one_out`: RecBole 1.2.1's ``LS`` split (``valid_and_test`` / ``valid_only``
+  / ``test_only``) of a sequential dataset, in terms of the log's rows.
+* :func:`recbole_timestamps`: timestamps as RecBole orders them (float32, min-max normalised when its
+  dataset config says ``normalize_all``), as integer ranks: distinct times that RecBole cannot tell
+  apart become ties, kept in the file's order.
 
 **Order.** Every split orders rows with :mod:`jaxrec.data.order`: by timestamp, rows with equal
 timestamps in arrival order (the log's row order, i.e. the file's), or shuffled with
@@ -407,6 +414,200 @@ def prequential(log: InteractionLog, offline: float = 0.95, valid: float = 0.005
                 test_batches=_stream_batches(slog, b, n, batch_size))
 
 
+# -- RecBole 1.2.1's splits ---------------------------------------------------------------------------
+
+RECBOLE_ORDERS = ("RO", "TO")
+RECBOLE_TIMESTAMPS = ("exact", "float32", "minmax-float32")
+
+
+def recbole_timestamps(timestamp: np.ndarray, mode: str = "minmax-float32") -> np.ndarray:
+  """Timestamps as RecBole 1.2.1 compares them, as int64 dense ranks (same order, same ties).
+
+  RecBole reads a ``timestamp:float`` column as float64, min-max normalises every float field when the
+  dataset's config sets ``normalize_all`` (``Dataset._normalize``: ``(arr - mn) / (mx - mn)``; RecBole's
+  own ``properties/dataset/ml-100k.yaml`` does, its default ``sample.yaml`` does not), then stores it as
+  ``torch.FloatTensor`` (float32, ``Dataset._dataframe_to_interaction``); its ``TO`` ordering and the
+  sequential ``data_augmentation`` sort that float32 column with stable sorts. Two times that round to
+  the same float32 are therefore ties, kept in the file's order: on ML-100K (18.6M seconds mapped to
+  [0, 1], a float32 step of up to ~1.1 s) its 49,282 distinct timestamps become 49,118, and 5 users'
+  validation and 4 users' test rows of the leave-one-out split change. Ordering a log by these ranks
+  with :mod:`jaxrec.data.order` (ties in arrival order) gives RecBole's order.
+
+  Args:
+    timestamp: int ``[n]`` timestamps in the log's row order.
+    mode: ``"minmax-float32"`` (normalised, then float32), ``"float32"`` (float32 of the raw value:
+      a step of 64-128 s for unix seconds), or ``"exact"`` (the timestamps' own order).
+
+  Returns:
+    int64 ``[n]``: the rank of each row's RecBole time among the distinct ones (0 = earliest).
+  """
+  if mode not in RECBOLE_TIMESTAMPS:
+    raise ValueError(f"recbole_timestamps: mode must be one of {RECBOLE_TIMESTAMPS}, got {mode!r}")
+  t = np.asarray(timestamp)
+  if t.size == 0 or mode == "exact":
+    key = t
+  elif mode == "float32":
+    key = t.astype(np.float64).astype(np.float32)
+  else:
+    t = t.astype(np.float64)
+    mx, mn = t.max(), t.min()
+    key = np.ones(t.shape, np.float32) if mx == mn else ((t - mn) / (mx - mn)).astype(np.float32)
+  return np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+RECBOLE_LS_MODES = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}
+
+
+def recbole_split_counts(sizes: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
+  """RecBole 1.2.1's part sizes for groups of ``sizes`` rows: ``Dataset._calcu_split_ids``, vectorised.
+
+  ``recbole/data/dataset/dataset.py``, ``split_by_ratio`` then ``_calcu_split_ids``: the ratios are
+  normalised by their sum (``ratios = [_ / tot_ratio for _ in ratios]``), every part but the first gets
+  ``int(ratio * tot)`` rows (truncated), the first the rest; then, for ``i = 1 .. k-1`` (the last part
+  first), while the first part has more than one row, a part with ``0 < ratio * tot < 1`` takes one row
+  from the first. The float64 products are the same IEEE operations as RecBole's Python floats, so the
+  truncations agree exactly (``0.1 * 30 = 3.0000000000000004 -> 3``).
+
+  Args:
+    sizes: int ``[G]`` rows per group (per user, or one global group).
+    ratios: the ``RS`` ratios, e.g. ``(0.8, 0.1, 0.1)``; need not sum to 1.
+
+  Returns:
+    int64 ``[G, len(ratios)]`` rows of each part per group (each row sums to its size).
+  """
+  ratios = [float(r) for r in ratios]
+  if len(ratios) < 2 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+    raise ValueError(f"recbole split: ratios must be >= 2 non-negative numbers with a positive sum, "
+                     f"got {ratios}")
+  tot_ratio = sum(ratios)  # Python's left-to-right sum, as RecBole's ``sum(ratios)``
+  ratios = [r / tot_ratio for r in ratios]
+  tot = np.asarray(sizes, np.int64)
+  prod = np.stack([r * tot.astype(np.float64) for r in ratios], axis=1)  # [G, k], ratio * tot
+  cnt = np.trunc(prod).astype(np.int64)  # int(ratios[i] * tot)
+  cnt[:, 0] = tot - cnt[:, 1:].sum(axis=1)
+  for i in range(1, len(ratios)):  # a loop over the parts (k - 1 steps), not over groups
+    # ``if cnt[0] <= 1: break``: cnt[0] only decreases, so the break is this mask at every later i.
+    take = (cnt[:, 0] > 1) & (prod[:, -i] > 0) & (prod[:, -i] < 1)
+    cnt[:, -i] += take
+    cnt[:, 0] -= take
+  return cnt
+
+
+def recbole_ratio(log: InteractionLog, ratios: Sequence[float] = (0.8, 0.1, 0.1), order: str = "RO",
+                  group_by: str = "user", seed: int = 0, tie_order: str = "arrival",
+                  tie_seed: int = 0) -> Split:
+  """RecBole 1.2.1's ratio split ``RS`` (its default for general models: ``RO``, 8/1/1, by user).
+
+  Follows ``recbole/data/dataset/dataset.py`` ``Dataset.build`` -> ``split_by_ratio``:
+
+  * ordering (``eval_args.order``): ``"RO"`` shuffles every row (``Interaction.shuffle``,
+    ``torch.randperm``; here ``np.random.default_rng(seed).permutation``, so the rule is RecBole's and
+    the draw is not); ``"TO"`` sorts by timestamp with a stable sort (``np.argsort(kind="stable")``:
+    ties keep the file's order), i.e. :func:`jaxrec.data.order.time_order` with ``tie_order``;
+  * ``group_by="user"``: ``_grouped_index`` collects each user's rows in that order (so with ``RO`` a
+    user's rows are in a uniformly random order), and each user's rows are cut by
+    :func:`recbole_split_counts` (first part train, then validation, then test); ``group_by="none"``
+    cuts the whole ordered log once by the same rule.
+
+  No de-duplication and no filtering: RecBole's defaults (``rm_dup_inter: ~``, no k-core) keep every
+  row, so a repeated (user, item) may land in two parts. Every row lands in exactly one part.
+
+  Args:
+    log: the log.
+    ratios: three ratios (train, valid, test); normalised by their sum as RecBole does.
+    order: ``"RO"`` (random) or ``"TO"`` (time).
+    group_by: ``"user"`` or ``"none"``.
+    seed: seed of the ``RO`` shuffle.
+    tie_order, tie_seed: order of rows with equal timestamps under ``TO``.
+
+  Returns:
+    A :class:`Split` (parts emitted user by user in the split's order for ``group_by="user"``, in the
+    global order otherwise); ``info["counts"]`` is the int64 ``[num_users, 3]`` part sizes per user.
+  """
+  _check_nonempty(log, "recbole_ratio")
+  if len(ratios) != 3:
+    raise ValueError(f"recbole_ratio: need 3 ratios (train, valid, test), got {tuple(ratios)}")
+  if order not in RECBOLE_ORDERS:
+    raise ValueError(f"recbole_ratio: order must be one of {RECBOLE_ORDERS}, got {order!r}")
+  if group_by not in ("user", "none"):
+    raise ValueError(f"recbole_ratio: group_by must be 'user' or 'none', got {group_by!r}")
+  n = len(log)
+  if order == "RO":
+    seq = np.random.default_rng(seed).permutation(n).astype(np.int64)
+  else:
+    seq = _time_order(log, tie_order, tie_seed)
+  if group_by == "none":
+    counts = recbole_split_counts(np.array([n]), ratios)[0]
+    cut = np.cumsum(counts)[:-1]
+    parts = np.split(seq, cut)
+    per_user = np.stack([np.bincount(log.user[p], minlength=log.num_users) for p in parts], axis=1)
+  else:
+    grouped = seq[np.argsort(log.user[seq], kind="stable")]  # users ascending, each in `seq` order
+    user = log.user[grouped].astype(np.int64)
+    sizes = np.bincount(user, minlength=log.num_users).astype(np.int64)
+    per_user = recbole_split_counts(sizes, ratios)
+    starts = np.cumsum(sizes) - sizes
+    position = np.arange(n, dtype=np.int64) - starts[user]
+    ends = np.cumsum(per_user, axis=1)[user]  # [n, 3]: end of train, valid, test within the user
+    part = (position[:, None] >= ends[:, :2]).sum(axis=1)
+    parts = [grouped[part == k] for k in range(3)]
+  info = {"ratios": tuple(float(r) for r in ratios), "order": order, "group_by": group_by,
+          "seed": seed, "tie_order": tie_order, "counts": per_user.astype(np.int64)}
+  return Split(log.take(parts[0]), log.take(parts[1]), log.take(parts[2]), protocol="recbole_ratio",
+               info=info)
+
+
+def recbole_leave_one_out(log: InteractionLog, mode: str = "valid_and_test", tie_order: str = "arrival",
+                          tie_seed: int = 0) -> Split:
+  """RecBole 1.2.1's leave-one-out ``LS`` of a sequential dataset, as parts of the log's rows.
+
+  RecBole (``recbole/data/dataset/sequential_dataset.py``, ``data_augmentation``) first sorts by
+  ``[user, timestamp]`` with stable sorts (ties keep the file's order: :mod:`jaxrec.data.order` with
+  ``tie_order="arrival"``) and turns every row of a user but the first into a target whose input is
+  the up to ``MAX_ITEM_LIST_LENGTH`` rows before it; ``Dataset.build`` (``order: TO``) then splits each
+  user's targets with ``_split_index_by_leave_one_out``: with ``m = n - 1`` targets of a user with
+  ``n`` rows it holds out ``legal = min(leave_one_num, m - 1)`` targets (``valid_and_test``: 2, the
+  last the test, the one before it the validation; with only one held out it is the *test* one;
+  ``valid_only`` / ``test_only``: 1). In rows of the log, for ``valid_and_test``:
+
+  * ``n >= 4``: the last row is the test, the second to last the validation, the rest train;
+  * ``n == 3``: the last row is the test, no validation row, two train rows (one a training target);
+  * ``n <= 2``: every row is train (RecBole drops a user with one row: it has no target).
+
+  Repeats are kept (RecBole's ``rm_dup_inter: ~``): a test item may also be a training item. Training
+  rows' targets, and the validation/test queries' histories, are the rows before them in this order
+  (:func:`jaxrec.train.fit.query_features` on ``[train, valid, test]``).
+
+  Args:
+    log: the log.
+    mode: ``"valid_and_test"``, ``"valid_only"`` or ``"test_only"`` (``eval_args.split.LS``).
+    tie_order, tie_seed: order of rows with equal timestamps.
+
+  Returns:
+    A :class:`Split` (parts in (user, time, arrival) order); ``info["eval_users"]`` lists users with a
+    test row (``valid_only``: a validation row).
+  """
+  _check_nonempty(log, "recbole_leave_one_out")
+  if mode not in RECBOLE_LS_MODES:
+    raise ValueError(f"recbole_leave_one_out: mode must be one of {sorted(RECBOLE_LS_MODES)}, "
+                     f"got {mode!r}")
+  up = _positions(log, tie_order, tie_seed)
+  order, from_end = up.order, up.from_end
+  # legal = min(leave_one_num, targets - 1) with targets = n - 1 (at least 0)
+  legal = np.clip(np.minimum(RECBOLE_LS_MODES[mode], up.count - 2), 0, None)
+  held = from_end < legal
+  if mode == "valid_and_test":
+    test = held & (from_end == 0)
+    valid = held & (from_end == 1)
+  elif mode == "valid_only":
+    test, valid = np.zeros_like(held), held
+  else:
+    test, valid = held, np.zeros_like(held)
+  train = ~held
+  info = {"eval_users": np.unique(log.user[order[valid if mode == "valid_only" else test]]),
+          "mode": mode, "tie_order": tie_order}
+  return Split(log.take(order[train]), log.take(order[valid]), log.take(order[test]),
+               protocol="recbole_leave_one_out", info=info)
+
 
 SPLITS = {
     "chronological": chronological,
@@ -414,6 +615,8 @@ SPLITS = {
     "user_holdout": user_holdout,
     "user_holdout_last": user_holdout_last,
     "context_holdout": context_holdout,
+    "recbole_ratio": recbole_ratio,
+    "recbole_leave_one_out": recbole_leave_one_out,
 }
 
 

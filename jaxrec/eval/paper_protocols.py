@@ -28,6 +28,25 @@ evaluate with. Each paper's protocol is written down once, in :data:`PROTOCOLS`:
 * ``"chronological"``: the same 70/10/20 split with jaxrec's filtered evaluation (known items
   excluded, 99 negatives + full), used by ``experiments/two_time_scale.py`` and ``--split=
   chronological`` of the binaries.
+* ``"recbole-random-811"``: RecBole 1.2.1's default for general models (``recbole/properties/overall.yaml``:
+  ``eval_args: {split: {RS: [0.8, 0.1, 0.1]}, group_by: user, order: RO, mode: full}``): every rating a
+  positive (no ``threshold``), no k-core, repeats kept; each user's rows shuffled and cut 8/1/1 by
+  RecBole's rounding (:func:`jaxrec.data.splits.recbole_ratio`); one query per user whose held-out
+  items are one ground-truth set (``FullSortEvalDataLoader``: Recall@K = |top-K ∩ truth| / |truth|,
+  NDCG with the ideal DCG of ``min(|truth|, K)`` hits), the user's training items (training +
+  validation at test time) excluded, full ranking only. ``"recbole-time-811"``: the same with ``order:
+  TO`` (each user's rows in time order, ties in the file's order).
+* ``"recbole-leave-one-out"``: RecBole 1.2.1's default for sequential models
+  (``recbole/properties/quick_start_config/sequential.yaml``: ``eval_args: {split: {LS:
+  valid_and_test}, order: TO, mode: full}``): repeats kept, per user the last row the test and the one
+  before it the validation (:func:`jaxrec.data.splits.recbole_leave_one_out`), ties in the file's
+  order, one query per held-out row whose input is the last ``MAX_ITEM_LIST_LENGTH = 50`` rows before
+  it (:attr:`EvalProtocol.max_history`), full ranking over every item with nothing excluded
+  (``FullSortEvalDataLoader`` gives sequential models no history to mask).
+  All three read time as RecBole stores it for ML-100K (``timestamps="minmax-float32"``: min-max
+  normalised float32, :func:`jaxrec.data.splits.recbole_timestamps`), so times within ~1 s can tie and
+  then keep the file's order, as in RecBole; for a dataset RecBole does not normalise use
+  ``.replace(timestamps="float32")``.
 * ``"prequential"``: MeLON (paper 002, "Experimental setting"): 95% offline / 0.5% validation /
   4.5% test stream. Only the split fields: the stream is evaluated test-then-train by its
   consumer, not through :class:`~jaxrec.eval.queries.Queries`; :meth:`EvalProtocol.split_log`
@@ -79,6 +98,16 @@ class EvalProtocol:
     negatives: ``"uniform"`` or ``"popularity"`` (proportional to training counts).
     negative_seed: seed of the sampled candidates.
     full_ranking: whether full ranking is reported.
+    group_by_user: one query per user whose held-out items (repeats counted once) are one
+      ground-truth set (:meth:`jaxrec.eval.queries.Queries.from_log` with ``group_by_user``; metrics per
+      user), as RecBole's full-sort evaluation of general models; False: one query per held-out row.
+      Only with full ranking (``num_negatives=None``).
+    max_history: the most recent rows a sequence model reads as a query's input under this protocol
+      (RecBole's ``MAX_ITEM_LIST_LENGTH``), or None: the consumer's choice.
+    timestamps: ``"exact"``, or how RecBole stores time (``"float32"``, ``"minmax-float32"``: its
+      ML-100K config): the log's timestamps are replaced by the ranks of
+      :func:`jaxrec.data.splits.recbole_timestamps` before splitting, so that times RecBole cannot tell
+      apart are ties in the file's order for the split and for every consumer of the prepared log.
     reference: where the protocol is described (paper and section).
   """
 
@@ -93,6 +122,9 @@ class EvalProtocol:
   negatives: str = "uniform"
   negative_seed: int = 0
   full_ranking: bool = True
+  group_by_user: bool = False
+  max_history: Optional[int] = None
+  timestamps: str = "exact"
   reference: str = ""
 
   def __post_init__(self):
@@ -114,6 +146,14 @@ class EvalProtocol:
       raise ValueError(f"EvalProtocol {self.name!r}: negatives must be one of {NEGATIVES}")
     if self.num_negatives is not None and self.num_negatives < 1:
       raise ValueError(f"EvalProtocol {self.name!r}: num_negatives must be >= 1 or None")
+    if self.group_by_user and (self.num_negatives is not None or not self.full_ranking):
+      raise ValueError(f"EvalProtocol {self.name!r}: group_by_user queries need full ranking and no "
+                       f"sampled negatives (the other positives of a user would not be candidates)")
+    if self.timestamps not in splits.RECBOLE_TIMESTAMPS:
+      raise ValueError(f"EvalProtocol {self.name!r}: timestamps must be one of "
+                       f"{splits.RECBOLE_TIMESTAMPS}")
+    if self.max_history is not None and self.max_history < 1:
+      raise ValueError(f"EvalProtocol {self.name!r}: max_history must be >= 1 or None")
 
   @property
   def options(self) -> dict:
@@ -131,8 +171,15 @@ class EvalProtocol:
       opts["seed"] = seed
     return self.replace(split_options=opts, tie_seed=seed, negative_seed=seed)
 
+  def apply_timestamps(self, log: InteractionLog) -> InteractionLog:
+    """``log`` with its timestamps read as the protocol says (:attr:`timestamps`)."""
+    if self.timestamps == "exact":
+      return log
+    return dataclasses.replace(log, timestamp=splits.recbole_timestamps(log.timestamp, self.timestamps))
+
   def split_log(self, log: InteractionLog) -> Union[splits.Split, splits.Stream]:
-    """De-duplicates (if asked) and splits ``log`` with the protocol's tie order."""
+    """De-duplicates (if asked) and splits ``log`` with the protocol's tie order and timestamps."""
+    log = self.apply_timestamps(log)
     if self.deduplicate:
       log = preprocess.deduplicate(log, keep="first")
     kwargs = dict(self.options, tie_order=self.ties, tie_seed=self.tie_seed)
@@ -165,6 +212,12 @@ class EvalProtocol:
              "repeats dropped (earliest kept)" if self.deduplicate else "repeats kept",
              f"ties {self.ties}" + (f" (seed {self.tie_seed})" if self.ties == "shuffle" else ""),
              "known items excluded" if self.exclude == "known" else "no exclusions"]
+    if self.group_by_user:
+      parts.append("one query per user (held-out items one ground-truth set)")
+    if self.max_history is not None:
+      parts.append(f"histories of <= {self.max_history} rows")
+    if self.timestamps != "exact":
+      parts.append(f"time as RecBole stores it ({self.timestamps})")
     if self.num_negatives is not None:
       parts.append(f"{self.num_negatives} {self.negatives} negatives")
     if self.full_ranking:
@@ -178,7 +231,8 @@ class PreparedData:
 
   Attributes:
     protocol: the :class:`EvalProtocol`.
-    log: the log the split was made from (after de-duplication, if the protocol asks for it).
+    log: the log the split was made from (timestamps as the protocol reads them, after
+      de-duplication if the protocol asks for it).
     split: the :class:`jaxrec.data.splits.Split`.
     valid_queries: one query per validation row; known items: training (``exclude="known"``).
     test_queries: one query per test row; known items: training + validation.
@@ -215,16 +269,19 @@ def prepare(log: InteractionLog, protocol: Union[str, EvalProtocol]) -> Prepared
   if protocol.split == "prequential":
     raise ValueError(f"prepare: protocol {protocol.name!r} is a prequential stream, evaluated "
                      f"test-then-train by its consumer; use protocol.split_log(log)")
+  log = protocol.apply_timestamps(log)
   if protocol.deduplicate:
     log = preprocess.deduplicate(log, keep="first")
-  sp = protocol.replace(deduplicate=False).split_log(log)
+  sp = protocol.replace(deduplicate=False, timestamps="exact").split_log(log)
   known = protocol.exclude == "known"
   # A split may give test-time input that is never trained on (new users' earlier rows).
   context = [sp.info["test_context"]] if "test_context" in sp.info else []
+  grouped = protocol.group_by_user
   return PreparedData(protocol=protocol, log=log, split=sp,
-                      valid_queries=Queries.from_log(sp.valid, [sp.train] if known else []),
+                      valid_queries=Queries.from_log(sp.valid, [sp.train] if known else [],
+                                                     group_by_user=grouped),
                       test_queries=Queries.from_log(sp.test, [sp.train, sp.valid] + context
-                                                    if known else []))
+                                                    if known else [], group_by_user=grouped))
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {p.name: p for p in (
@@ -255,6 +312,25 @@ PROTOCOLS: dict[str, EvalProtocol] = {p.name: p for p in (
     EvalProtocol("chronological", "chronological", {"ratios": (0.7, 0.1, 0.2)},
                  deduplicate=False, exclude="known", num_negatives=99,
                  reference="2TS split (paper 000, Sec. 5) with jaxrec's filtered evaluation"),
+    EvalProtocol("recbole-random-811", "recbole_ratio",
+                 {"ratios": (0.8, 0.1, 0.1), "order": "RO", "group_by": "user", "seed": 0},
+                 deduplicate=False, exclude="known", num_negatives=None, group_by_user=True,
+                 timestamps="minmax-float32",
+                 reference="RecBole 1.2.1 general models (properties/overall.yaml eval_args: RS "
+                 "[0.8,0.1,0.1], group_by user, order RO, mode full; Dataset.split_by_ratio, "
+                 "FullSortEvalDataLoader)"),
+    EvalProtocol("recbole-time-811", "recbole_ratio",
+                 {"ratios": (0.8, 0.1, 0.1), "order": "TO", "group_by": "user", "seed": 0},
+                 deduplicate=False, exclude="known", num_negatives=None, group_by_user=True,
+                 timestamps="minmax-float32",
+                 reference="RecBole 1.2.1 RS [0.8,0.1,0.1] by user with order TO (Dataset.build "
+                 "sorts by timestamp, stable; split_by_ratio; FullSortEvalDataLoader)"),
+    EvalProtocol("recbole-leave-one-out", "recbole_leave_one_out", {"mode": "valid_and_test"},
+                 deduplicate=False, exclude="none", num_negatives=None, max_history=50,
+                 timestamps="minmax-float32",
+                 reference="RecBole 1.2.1 sequential models (quick_start_config/sequential.yaml: "
+                 "LS valid_and_test, order TO, mode full; SequentialDataset.data_augmentation, "
+                 "MAX_ITEM_LIST_LENGTH 50; Dataset.leave_one_out)"),
     EvalProtocol("prequential", "prequential", {"offline": 0.95, "valid": 0.005, "test": 0.045},
                  deduplicate=False, num_negatives=None, full_ranking=False,
                  reference="MeLON (paper 002, Experimental setting: 95% / 0.5% / 4.5%)"),
