@@ -90,8 +90,6 @@ def test_notebook_executes(path, monkeypatch):
   client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                    resources={"metadata": {"path": ROOT}})
   client.execute()  # raises CellExecutionError, naming the cell and its traceback, if a cell fails
-  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-  assert not errors
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
             if "image/png" in o.get("data", {})]
   assert images, "every notebook draws its figures inline"

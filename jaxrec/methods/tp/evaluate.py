@@ -42,7 +42,7 @@ def evaluate_groups(score_fn, params, queries: Queries, rankings: Mapping[str, o
   for name, protocol in rankings.items():
     r = protocols.evaluate(score_fn, params, queries, protocol, num_items, ks=ks)
     fine = np.asarray(labels)[r.users]
-    coarse = np.array([x.split("/")[0] for x in fine])
+    coarse = np.where(np.char.startswith(fine, "new/"), "new", "existing")
     segs = {**segments.breakdown(r.per_query, coarse), **segments.breakdown(r.per_query, fine)}
     out[name] = {"protocol": r.protocol_desc, "summary": r.summary, "segments": segs}
   return out
