@@ -56,9 +56,9 @@ the wall time from the start of training to the end of the best validation (trai
 validation and, for RecBole, its checkpoint writes). RecBole runs with autograd anomaly mode off
 (importing its sequential models switches it on for the process: ``model/sequential_recommender/
 sine.py``), its fairest setting; its best checkpoint is reloaded with ``weights_only=False``
-(torch >= 2.6 refuses RecBole's pickled config otherwise). jaxrec's general models are validated and
-tested by :func:`_grouped_full_ranking` (each user's items scored once, as RecBole does; the same
-ranks and metrics as ``jaxrec.eval.protocols.evaluate``, which re-scores a user per held-out item).
+(torch >= 2.6 refuses RecBole's pickled config otherwise). jaxrec's models are validated and tested by
+``jaxrec.eval.protocols.evaluate``, which scores each user once for grouped (8/1/1) queries, as RecBole
+does.
 """
 
 from __future__ import annotations
@@ -309,11 +309,7 @@ def run_jaxrec(args) -> dict:
   names = ACCURACY[m["kind"]]
 
   def summary(p, queries):
-    if queries.group is None:
-      res = protocols.evaluate(score_fn, p, queries, full, log.num_items, ks=(10,))
-      per_query = res.per_query
-    else:
-      per_query = _grouped_full_ranking(score_fn, p, queries, log.num_items, np, jax)
+    per_query = protocols.evaluate(score_fn, p, queries, full, log.num_items, ks=(10,)).per_query
     rr = np.asarray(per_query["MRR"])
     out = {k: float(np.mean(per_query[k])) for k in names}
     out["MRR@10"] = float(np.mean(np.where(rr >= 0.1, rr, 0.0)))  # RecBole's MRR@10 (0 beyond 10)
@@ -363,49 +359,6 @@ def run_jaxrec(args) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _user_scorer(score_fn, num_items: int):
-  """``(params, users [B]) -> scores [B, num_items]``, jitted once per (score function, item count)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  items = jax.numpy.arange(num_items, dtype=jax.numpy.int32)
-  return jax.jit(lambda p, u: score_fn(p, {"user": u}, items))
-
-
-def _grouped_full_ranking(score_fn, params, queries, num_items: int, np, jax) -> dict:
-  """Per-user metrics of grouped queries under full ranking, scoring each user's items once.
-
-  The same ranks as ``protocols.evaluate(..., FullRanking())`` (rank = 1 + other non-excluded items
-  scored >= the positive; the user's known items excluded, a query's own positives never), but one
-  ``[users, items]`` score matrix instead of one full ranking per held-out item: RecBole scores each
-  user once, and ``protocols.evaluate`` on grouped queries re-scores a user's items for each of its
-  positives (~10 per user under 8/1/1 on ML-100K), which made NeuMF's validation ~10x RecBole's work.
-  """
-  from jaxrec.eval import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-  users = np.unique(queries.user)
-  row = np.full(queries.num_users, -1, np.int64)
-  row[users] = np.arange(users.size)
-  fn = _user_scorer(score_fn, num_items)
-  bs = 256
-  chunks = []
-  for s in range(0, users.size, bs):
-    u = users[s:s + bs]
-    pad = np.concatenate([u, np.full(bs - u.size, u[0], u.dtype)]).astype(np.int32)
-    chunks.append(np.asarray(fn(params, pad))[:u.size])
-  scores = np.concatenate(chunks).astype(np.float32)  # [U, N]
-  known = np.zeros(scores.shape, bool)
-  counts = np.diff(queries.known_indptr)[users]
-  known[np.repeat(np.arange(users.size), counts),
-        np.concatenate([queries.known_items[queries.known_indptr[u]:queries.known_indptr[u + 1]]
-                        for u in users]) if counts.sum() else np.zeros(0, np.int64)] = True
-  r = row[queries.user]
-  known[r, queries.positive] = False  # a user's held-out items are never excluded
-  masked = np.where(known, -np.inf, scores)
-  pos = scores[r, queries.positive]
-  ranks = (masked[r] >= pos[:, None]).sum(axis=1).astype(np.int64)  # the positive counts itself: 1 + others
-  ncand = num_items - known[r].sum(axis=1)
-  _, per_query = metrics_lib.grouped_metrics(ranks, ncand, queries.group, ks=(10,))
-  return per_query
-
-
 # -- driver -------------------------------------------------------------------------------------------
 
 

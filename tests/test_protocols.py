@@ -1,5 +1,6 @@
 """Tests for jaxrec.eval.protocols / queries, jaxrec.models.common and jaxrec.models.nonlearned."""
 
+import dataclasses
 import functools
 
 import chex
@@ -243,6 +244,95 @@ def test_grouped_full_ranking_recall():
   with pytest.raises(ValueError, match="FullRanking"):
     protocols.evaluate(_table_scores, jnp.asarray(table), queries,
                        protocols.Sampled(5), 37)
+
+
+def _ml_like_grouped(seed, num_users=40, num_items=150, dim=8, integer=True):
+  """A grouped (8/1/1-style) query set on a log that looks like real data: popular items repeat, users'
+  held-out items include items they also have in training (kept positives), and ten items are exact
+  copies of others (a cold item at its initial value). ``integer``: embeddings in {-2..2}, so every dot
+  product is exact in float32 whatever the computation's shape (many ties, and every path agrees)."""
+  rng = np.random.default_rng(seed)
+  pop = 1.0 / np.arange(1, num_items + 1) ** 0.8
+  pop /= pop.sum()
+  users, items = [], []
+  for u in range(num_users):
+    n = int(rng.integers(3, 40))
+    users += [u] * n
+    items += list(rng.choice(num_items, size=n, p=pop))
+  users, items = np.asarray(users), np.asarray(items)
+  held = rng.random(users.size) < 0.2
+  held[np.flatnonzero(items >= num_items - 10)[:6]] = True  # some duplicate items are held out
+  train = InteractionLog.from_arrays(users[~held], items[~held], num_users=num_users, num_items=num_items)
+  test = InteractionLog.from_arrays(users[held], items[held], num_users=num_users, num_items=num_items)
+  if integer:
+    user_emb = rng.integers(-2, 3, (num_users, dim)).astype(np.float32)
+    item_emb = rng.integers(-2, 3, (num_items, dim)).astype(np.float32)
+  else:
+    user_emb = rng.normal(size=(num_users, dim)).astype(np.float32)
+    item_emb = rng.normal(size=(num_items, dim)).astype(np.float32)
+  item_emb[num_items - 10:] = item_emb[:10]  # exact duplicates, some of them held-out positives
+  return (jnp.asarray(user_emb), jnp.asarray(item_emb)), train, test
+
+
+def _history_scores(params, queries, items):
+  """A sequence-style scorer: the user state is the sum of the history's item embeddings."""
+  _, item_emb = params
+  h = jnp.take(item_emb, queries["history"], axis=0) * queries["history_mask"][..., None]
+  return common.dot_scores(h.sum(1), item_emb, items)
+
+
+@pytest.mark.parametrize("chunk_size,batch_size", [(150, 256), (64, 32), (7, 5), (1, 3)])
+def test_grouped_full_ranking_gives_the_per_query_ranks(chunk_size, batch_size):
+  """Grouped queries under full ranking (each group's row scored once) give exactly the per-query and
+  brute-force ranks: ties, duplicate items, known positives, a partial last chunk, user ids and history
+  features; features that differ within a group fall back to the per-query path."""
+  params, train, test = _ml_like_grouped(3)
+  grouped = Queries.from_log(test, [train], group_by_user=True)
+  assert np.bincount(grouped.group).max() > 4 and grouped.positive_is_known().any()
+  protocol = protocols.FullRanking(chunk_size)
+  per_query = dataclasses.replace(grouped, group=None)
+  want, ncand = protocols.rank_queries(_dot_fn, params, per_query, protocol, 150, batch_size=batch_size)
+  got, gcand = protocols.rank_queries(_dot_fn, params, grouped, protocol, 150, batch_size=batch_size)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(gcand, ncand)
+  table = np.asarray(_dot_fn(params, {"user": jnp.arange(40)}, jnp.arange(150)))
+  known = [set(train.item[train.user == u].tolist()) for u in range(40)]
+  np.testing.assert_array_equal(got, _brute_ranks(table, grouped.user, grouped.positive, known))
+  hist = np.asarray(np.random.default_rng(0).integers(0, 150, (40, 6)))
+  feats = {"history": hist[grouped.user], "history_mask": np.ones((len(grouped), 6), bool)}
+  fq = dataclasses.replace(grouped, features=feats)
+  assert protocols._groups_share_inputs(fq)
+  got_f, _ = protocols.rank_queries(_history_scores, params, fq, protocol, 150, batch_size=batch_size)
+  want_f, _ = protocols.rank_queries(_history_scores, params, dataclasses.replace(fq, group=None), protocol,
+                                     150, batch_size=batch_size)
+  np.testing.assert_array_equal(got_f, want_f)
+  feats["history"] = feats["history"].copy()
+  feats["history"][1, 0] = (feats["history"][1, 0] + 1) % 150
+  assert not protocols._groups_share_inputs(dataclasses.replace(grouped, features=feats))
+
+
+@pytest.mark.parametrize("chunk_size", [150, 7])
+def test_grouped_full_ranking_counts_an_exact_duplicate_against_the_positive(chunk_size):
+  """Float (not integer) embeddings: a held-out positive with an exact copy among its candidates is
+  beaten by it (the tie counts against the positive), however the chunks fall: moving the copy far
+  away improves the rank by exactly one."""
+  params, train, test = _ml_like_grouped(5, integer=False)
+  grouped = Queries.from_log(test, [train], group_by_user=True)
+  protocol = protocols.FullRanking(chunk_size)
+  got, _ = protocols.rank_queries(_dot_fn, params, grouped, protocol, 150)
+  known = [set(train.item[train.user == u].tolist()) for u in range(40)]
+  twin = {i: i + 140 for i in range(10)} | {i + 140: i for i in range(10)}
+  checked = 0
+  for q in range(len(grouped)):
+    u, p = int(grouped.user[q]), int(grouped.positive[q])
+    if p not in twin or twin[p] in known[u]:
+      continue
+    user_emb, item_emb = params
+    far = item_emb.at[twin[p]].set(-100.0 * jnp.sign(user_emb[u]))
+    alone, _ = protocols.rank_queries(_dot_fn, (user_emb, far), grouped.take([q]), protocol, 150)
+    assert got[q] == alone[0] + 1, (q, p)
+    checked += 1
+  assert checked >= 3
 
 
 def test_bad_inputs_raise():

@@ -14,6 +14,8 @@ against the positive (a NaN candidate beats it; a NaN positive is beaten by ever
   numbers for the same (user, item) (an einsum vs a matrix product), and an exact duplicate of the
   positive (a cold item left at its initial value, items with identical features) would then fail to
   count against it. Memory is ``O(B x chunk_size)``; the ``B x N`` score matrix is never materialised.
+  Grouped queries (several held-out items of a user, e.g. RecBole's 8/1/1) whose group shares one user
+  and one set of inputs are scored once per group, not once per query, with the same ranks.
 * :class:`Sampled`: ``1`` positive + ``num_negatives`` distinct negatives per query, drawn once on the
   host from ``np.random.default_rng(seed)`` (uniform, or proportional to training popularity),
   never a known positive nor the positive, so every model is evaluated on the same candidates.
@@ -354,6 +356,59 @@ def _full_ranks(score_fn: ScoreFn, params, batch, positive, excl, *, num_items: 
   return total + 1
 
 
+@functools.partial(jax.jit, static_argnames=("score_fn", "num_items", "chunk_size"))
+def _grouped_full_ranks(score_fn: ScoreFn, params, batch, row, positive, excl, *, num_items: int,
+                        chunk_size: int):
+  """Ranks ``[S]`` of the positives of ``S`` query slots whose inputs are the rows of ``batch``.
+
+  ``batch`` holds ``G`` rows, each standing for a group of queries with the same user and inputs (its
+  known items ``excl`` ``[G, M]``, -1 padded); slot ``q`` is a query of row ``row[q]`` with positive
+  ``positive[q]`` (-1: an empty slot). Each row is scored once per item: ``ceil(num_items /
+  chunk_size)`` calls of one shape (the last chunk padded with item 0 and masked); a first pass picks
+  the positives' and the known items' scores out of their chunks, a second counts for every slot the
+  items that beat its positive (``~(s < s_p)``: ties and NaN beat). With ``K`` the known items and
+  ``beat(A)`` the members of ``A`` that beat ``p``, :func:`_full_ranks`' rank ``1 + |beat(items - (K -
+  {p}) - {p})|`` is ``1 + |beat(items)| - |beat(K)| - [p not in K]`` (``p`` always beats itself): the
+  same numbers as one query at a time, since an item's score is the same float32 number in any chunk.
+  """
+  num_chunks = -(-num_items // chunk_size)
+  offs = jnp.arange(chunk_size, dtype=jnp.int32)
+  g = excl.shape[0]
+
+  def scores(c):
+    ids = c * chunk_size + offs
+    return score_fn(params, batch, jnp.where(ids < num_items, ids, 0)), ids < num_items
+
+  def pick(s, start, items, rows):
+    local = items - start
+    here = (items >= 0) & (local >= 0) & (local < chunk_size)
+    return here, s[rows, jnp.clip(local, 0, chunk_size - 1)]
+
+  rows_m = jnp.broadcast_to(jnp.arange(g)[:, None], excl.shape)
+
+  def gather(c, acc):
+    s, _ = scores(c)
+    pos_acc, known_acc = acc
+    here_p, got_p = pick(s, c * chunk_size, positive, row)
+    here_k, got_k = pick(s, c * chunk_size, excl, rows_m)
+    return jnp.where(here_p, got_p, pos_acc), jnp.where(here_k, got_k, known_acc)
+
+  dtype = jax.eval_shape(lambda: scores(0)[0]).dtype
+  pos_s, known_s = jax.lax.fori_loop(0, num_chunks, gather, (jnp.zeros(positive.shape, dtype),
+                                                              jnp.zeros(excl.shape, dtype)))
+
+  def count(c, total):
+    s, valid = scores(c)
+    beat = ~(s[row] < pos_s[:, None]) & valid[None, :]
+    return total + jnp.where(beat, jnp.float32(1), jnp.float32(0)).sum(1).astype(jnp.int32)
+
+  total = jax.lax.fori_loop(0, num_chunks, count, jnp.zeros(positive.shape, jnp.int32))
+  mine = excl[row]  # [S, M] the known items of each slot's row
+  known_beat = ((mine >= 0) & ~(known_s[row] < pos_s[:, None])).sum(1, dtype=jnp.int32)
+  in_known = ((mine == positive[:, None]) & (mine >= 0)).any(1)
+  return 1 + total - known_beat - (~in_known).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("score_fn",))
 def _candidate_ranks(score_fn: ScoreFn, params, batch, cands):
   """Ranks ``[B]`` of ``cands[:, 0]`` among ``cands`` (``[B, 1 + N]``), all scored in one call."""
@@ -367,6 +422,65 @@ def _candidate_ranks(score_fn: ScoreFn, params, batch, cands):
 def _bucket(n: int) -> int:
   """The next power of two >= ``max(n, 1)``."""
   return 1 << max(n - 1, 0).bit_length()
+
+
+def _groups_share_inputs(queries: Queries) -> bool:
+  """Whether every group's queries have one user and the same features (one score row serves them)."""
+  if queries.group is None:
+    return False
+  order = np.argsort(queries.group, kind="stable")
+  g = queries.group[order]
+  same = g[1:] == g[:-1]
+  if not same.any():
+    return False
+  if (queries.user[order][1:] != queries.user[order][:-1])[same].any():
+    return False
+  for v in queries.features.values():
+    v = np.asarray(v)[order]
+    differ = (v[1:] != v[:-1]).reshape(len(v) - 1, -1).any(1)
+    if differ[same].any():
+      return False
+  return True
+
+
+def _grouped_ranks(score_fn: ScoreFn, params: Any, queries: Queries, protocol: "FullRanking",
+                   num_items: int, batch_size: int) -> np.ndarray:
+  """Full-ranking ranks ``[Q]`` of grouped queries, each group's row scored once per call
+  (:func:`_grouped_full_ranks`). The queries, ordered by group, are cut into calls of at most
+  ``batch_size`` query slots and ``max(1, batch_size // 4)`` groups (a group split by a cut is scored in
+  both calls), so every call has one static shape and compares as many (query, item) pairs as an
+  ungrouped batch."""
+  q = len(queries)
+  order = np.argsort(queries.group, kind="stable")
+  grp = queries.group[order]
+  gid = np.cumsum(np.r_[False, grp[1:] != grp[:-1]])  # dense group index of each sorted query
+  slots, rows = int(min(batch_size, q)), int(max(1, min(batch_size // 4, gid[-1] + 1)))
+  key = (np.arange(q) // slots) * (gid[-1] // rows + 1) + gid // rows
+  call = np.cumsum(np.r_[False, key[1:] != key[:-1]])
+  call_start = np.flatnonzero(np.r_[True, call[1:] != call[:-1]])
+  slot = np.arange(q) - call_start[call]
+  first_gid = gid[call_start]
+  row = gid - first_gid[call]  # the row of each query's group within its call
+  group_start = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])  # sorted index of each group's first query
+  width = _bucket(int(queries.num_known().max(initial=0)))
+  chunk = int(min(protocol.chunk_size, num_items))
+  outs = []
+  for c in range(call_start.size):
+    mine = slice(call_start[c], call_start[c + 1] if c + 1 < call_start.size else q)
+    n_rows = int(row[mine].max()) + 1
+    rep = order[group_start[first_gid[c] + np.minimum(np.arange(rows), n_rows - 1)]]  # padded: last row
+    batch = {"user": queries.user[rep]}
+    batch.update({k: np.asarray(v)[rep] for k, v in queries.features.items()})
+    r = np.zeros(slots, np.int32)
+    p = np.full(slots, -1, np.int32)
+    r[slot[mine]] = row[mine]
+    p[slot[mine]] = queries.positive[order[mine]]
+    outs.append(_grouped_full_ranks(score_fn, params, batch, r, p, queries.exclusion_matrix(rep, width=width),
+                                    num_items=int(num_items), chunk_size=chunk))
+  got = np.stack([np.asarray(o) for o in jax.device_get(outs)])  # [calls, slots]
+  ranks = np.empty(q, np.int64)
+  ranks[order] = got[call, slot]
+  return ranks
 
 
 def rank_queries(score_fn: ScoreFn, params: Any, queries: Queries, protocol: Protocol, num_items: int,
@@ -389,8 +503,11 @@ def rank_queries(score_fn: ScoreFn, params: Any, queries: Queries, protocol: Pro
     protocol = protocol.draw(queries, num_items)
   if isinstance(protocol, Candidates) and protocol.items.shape[0] != q:
     raise ValueError(f"Candidates has {protocol.items.shape[0]} rows for {q} queries")
-  bs = int(min(batch_size, q))
   score_fn = _static_score_fn(score_fn)
+  if isinstance(protocol, FullRanking) and _groups_share_inputs(queries):
+    ranks = _grouped_ranks(score_fn, params, queries, protocol, num_items, batch_size)
+    return ranks, num_items - queries.num_excluded()
+  bs = int(min(batch_size, q))
   # The exclusion matrix is padded to the next power of two of the largest known set, so evaluations
   # whose known sets grow (a stream's blocks, later epochs) reuse a few compiled shapes.
   width = _bucket(int(queries.num_known().max(initial=0)))
