@@ -88,7 +88,7 @@ MODELS = {
             "hparams": {"dim": 64, "init_scale": 0.04},
             "batch_size": 2048, "loss": "bpr"},
     "neumf": {"recbole": "NeuMF", "jaxrec": "ncf", "kind": "general",
-              "hparams": {"mf_dim": 64, "mlp_layers": (128, 128, 64), "init_scale": 0.01},
+              "hparams": {"mf_dim": 64, "mlp_layers": (128, 128, 64), "init_scale": 0.01, "dropout": 0.1},
               "batch_size": 1024, "loss": "log"},
     "gru4rec": {"recbole": "GRU4Rec", "jaxrec": "gru4rec", "kind": "sequential",
                 "hparams": {"dim": 64, "hidden": 128, "dropout": 0.3}, "batch_size": 2048,

@@ -127,6 +127,30 @@ def test_neumf_matches_paper_equation():
   assert isinstance(module, ncf.NeuMF)
 
 
+def test_neumf_dropout_is_on_in_training_only():
+  """``dropout`` (RecBole's NeuMF) leaves the parameters and every evaluation score unchanged; in
+  training (a key) one user's two copies of the same candidate score differently (masks are drawn per
+  pair); the loss is a function of the key; without dropout the key changes nothing."""
+  spec, module, params = _built("ncf")
+  dropped = spec.make(U, I, **TINY["ncf"], dropout=0.5)
+  batch = _batch(5)
+  items = batch["negatives"]
+  clean = module.apply(params, batch, items, method=module.score)
+  np.testing.assert_array_equal(dropped.apply(params, batch, items, method=dropped.score), clean)
+  key = jax.random.key(3)
+  train = dropped.apply(params, batch, items, deterministic=False, rngs={"dropout": key},
+                        method=dropped.score)
+  assert not np.allclose(train, clean)
+  twice = dropped.apply(params, {"user": batch["user"][:1]}, jnp.array([[3, 3]]), deterministic=False,
+                        rngs={"dropout": key}, method=dropped.score)
+  assert twice[0, 0] != twice[0, 1]
+  loss_fn = spec.loss_fn(dropped)
+  assert float(loss_fn(params, batch, key)[0]) != float(loss_fn(params, batch, None)[0])
+  assert float(loss_fn(params, batch, key)[0]) == float(loss_fn(params, batch, key)[0])
+  np.testing.assert_array_equal(spec.loss_fn(module)(params, batch, key)[0],
+                                spec.loss_fn(module)(params, batch, None)[0])
+
+
 @pytest.mark.parametrize("name", SEQUENCE)
 def test_padding_ids_do_not_matter(name):
   _, module, params = _built(name)

@@ -83,15 +83,18 @@ def make_loss_fn(module: nn.Module, loss: str = "bpr") -> LossFn:
   """``loss_fn(params, batch, rng) -> (loss, aux)`` scoring the batch's candidates with ``module.score``.
 
   Args:
-    module: a user model (:class:`MF` or ``NeuMF``) with ``score(queries, items)``.
+    module: a user model (:class:`MF` or ``NeuMF``) with ``score(queries, items)``; a module with a
+      non-zero ``dropout`` field is called with ``deterministic=False`` and the ``rng`` in training.
     loss: ``"bpr"``, ``"log"`` or ``"softmax"`` (see :func:`jaxrec.models.losses.candidate_loss`).
   """
   if loss not in losses.LOSS_NAMES:
     raise ValueError(f"unknown loss {loss!r}; expected one of {losses.LOSS_NAMES}")
 
+  dropout = bool(getattr(module, "dropout", 0.0))  # NeuMF's MLP tower; MF has none
+
   def loss_fn(params, batch, rng):
-    del rng  # deterministic models
-    scores = module.apply(params, batch, candidates(batch), method=module.score)
+    kwargs = {"deterministic": False, "rngs": {"dropout": rng}} if dropout and rng is not None else {}
+    scores = module.apply(params, batch, candidates(batch), method=module.score, **kwargs)
     mask = batch.get("mask")
     value = losses.candidate_loss(loss, scores, mask)
     return value, {"loss": value, **losses.ranking_aux(scores, mask)}

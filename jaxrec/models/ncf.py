@@ -19,6 +19,10 @@ Training batch format (user models)::
 
 trained with the pointwise log loss (Eq. 7) by default. The paper's optional pre-training of the
 towers (GMF and MLP trained separately, then fused with weight alpha) is not implemented.
+
+``dropout`` (not in the paper; RecBole's ``dropout_prob``, 0.1 there) drops MLP-tower inputs before
+each of its layers, as RecBole's ``MLPLayers`` does (``Dropout`` then ``Linear`` then ReLU), with one
+mask per (user, candidate) pair, only in training (``deterministic=False``, the loss's ``rng``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class NeuMF(nn.Module):
     mf_dim: GMF embedding dimension (predictive factors of the GMF tower).
     mlp_layers: MLP widths; ``mlp_layers[0]`` is the concatenated embedding width (``// 2`` per side).
     init_scale: standard deviation of the normal embedding initialisation (0.01 in the paper).
+    dropout: dropout rate before each MLP layer in training (0: none, the paper).
   """
 
   num_users: int
@@ -50,6 +55,7 @@ class NeuMF(nn.Module):
   mf_dim: int = 8
   mlp_layers: Sequence[int] = (64, 32, 16)
   init_scale: float = 0.01
+  dropout: float = 0.0
 
   def setup(self):
     if len(self.mlp_layers) < 2:
@@ -65,29 +71,34 @@ class NeuMF(nn.Module):
     self.first_item = nn.Dense(self.mlp_layers[1], name="mlp_0_item")
     self.hidden = [nn.Dense(w, name=f"mlp_{k}") for k, w in enumerate(self.mlp_layers[2:], start=1)]
     self.predict = nn.Dense(1, name="predict")
+    self.drop = nn.Dropout(self.dropout)
 
-  def score(self, queries: Mapping[str, Array], items: Array) -> Array:
+  def score(self, queries: Mapping[str, Array], items: Array, deterministic: bool = True) -> Array:
     """ScoreFn: ``queries["user"]`` ``[B]``, ``items`` ``[C]`` or ``[B, C]`` -> logits ``[B, C]``."""
     users = queries["user"]
     b = users.shape[0]
     c = items.shape[-1]
     gu = self.gmf_user(users)[:, None, :]  # [B, 1, k]
-    hu = self.first_user(self.mlp_user(users))[:, None, :]  # [B, 1, h]
     gi = self.gmf_item(items)  # [C, k] or [B, C, k]
-    hi = self.first_item(self.mlp_item(items))
+    pu = self.mlp_user(users)[:, None, :]  # [B, 1, half]
+    qi = self.mlp_item(items)
     if items.ndim == 1:
-      gi, hi = gi[None], hi[None]  # broadcast over the batch
+      gi, qi = gi[None], qi[None]  # broadcast over the batch
+    if self.dropout and not deterministic:  # one mask per (user, candidate) pair: [B, C, half] inputs
+      pu = self.drop(jnp.broadcast_to(pu, (b, c, pu.shape[-1])), deterministic=False)
+      qi = self.drop(jnp.broadcast_to(qi, (b, c, qi.shape[-1])), deterministic=False)
     gmf = gu * gi  # [B, C, k]
-    h = nn.relu(hu + hi)  # [B, C, h]
+    h = nn.relu(self.first_user(pu) + self.first_item(qi))  # [B, C, h]
     for layer in self.hidden:
-      h = nn.relu(layer(h))
+      h = nn.relu(layer(self.drop(h, deterministic=deterministic or not self.dropout)))
     gmf = jnp.broadcast_to(gmf, (b, c, gmf.shape[-1]))
     return self.predict(jnp.concatenate([gmf, h], axis=-1))[..., 0]
 
-  def __call__(self, queries: Mapping[str, Array], items: Array) -> Array:
-    return self.score(queries, items)
+  def __call__(self, queries: Mapping[str, Array], items: Array, deterministic: bool = True) -> Array:
+    return self.score(queries, items, deterministic=deterministic)
 
 
 def make_loss_fn(module: NeuMF, loss: str = "log") -> mf.LossFn:
-  """``loss_fn(params, batch, rng) -> (loss, aux)``; log loss (He et al. 2017, Eq. 7) by default."""
+  """``loss_fn(params, batch, rng) -> (loss, aux)``; log loss (He et al. 2017, Eq. 7) by default (with
+  ``module.dropout > 0`` and an ``rng``, the MLP tower's dropout is on)."""
   return mf.make_loss_fn(module, loss)

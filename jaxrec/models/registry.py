@@ -155,7 +155,8 @@ register(ModelSpec("mf-bpr", "user", mf.MF, {"dim": 64, "use_bias": False, "init
                    mf.make_loss_fn))
 register(ModelSpec("mf-log", "user", mf.MF, {"dim": 64, "use_bias": True, "init_scale": 0.1}, "log",
                    mf.make_loss_fn))
-register(ModelSpec("ncf", "user", ncf.NeuMF, {"mf_dim": 8, "mlp_layers": (64, 32, 16), "init_scale": 0.01},
+register(ModelSpec("ncf", "user", ncf.NeuMF,
+                   {"mf_dim": 8, "mlp_layers": (64, 32, 16), "init_scale": 0.01, "dropout": 0.0},
                    "log", ncf.make_loss_fn))
 register(ModelSpec("gru4rec", "sequence", sequential.GRU4Rec, {"dim": 64, "hidden": 64, "dropout": 0.25},
                    "softmax", sequential.make_loss_fn, all_positions=True))
