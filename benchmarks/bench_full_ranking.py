@@ -1,7 +1,11 @@
 """Full-ranking evaluation throughput against the bare score-matrix product.
 
 Run: ``python -m benchmarks.bench_full_ranking [--users 10000 --items 10000 --dim 64 --exclusions 20
---batch 1024 --chunk 2048 --repeats 5]``
+--batch 1024 --chunk 2048 --repeats 5 --held_out 1]``
+
+``--held_out N`` (N > 1) gives every user N held-out items as one grouped query set (RecBole's 8/1/1
+style) and also times the same queries ungrouped (each ranked in its own full ranking): the grouped path
+scores each user once.
 
 Times ``evaluate(dot ScoreFn, queries, FullRanking(chunk))`` (positive scoring, chunked counting with
 known positives excluded, host batching, metrics) against the same users x items product blocked the
@@ -14,6 +18,7 @@ ratio (target: evaluation <= 2x the bare blocked product).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -81,17 +86,19 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=1024)
   p.add_argument("--chunk", type=int, default=2048)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--held_out", type=int, default=1)
   a = p.parse_args(argv)
   rng = np.random.default_rng(0)
   ue = jnp.asarray(rng.normal(size=(a.users, a.dim)).astype(np.float32))
   ie = jnp.asarray(rng.normal(size=(a.items, a.dim)).astype(np.float32))
   k = a.exclusions
-  train_items = np.argsort(rng.random((a.users, a.items)), axis=1)[:, : k + 1].astype(np.int32)
+  h = a.held_out
+  train_items = np.argsort(rng.random((a.users, a.items)), axis=1)[:, : k + h].astype(np.int32)
   train = InteractionLog.from_arrays(np.repeat(np.arange(a.users), k), train_items[:, :k].ravel(),
                                      num_users=a.users, num_items=a.items)
-  test = InteractionLog.from_arrays(np.arange(a.users), train_items[:, k], num_users=a.users,
-                                    num_items=a.items)
-  queries = Queries.from_log(test, [train])
+  test = InteractionLog.from_arrays(np.repeat(np.arange(a.users), h), train_items[:, k:].ravel(),
+                                    num_users=a.users, num_items=a.items)
+  queries = Queries.from_log(test, [train], group_by_user=h > 1)
   fn, params = _score, (ue, ie)
   proto = protocols.FullRanking(a.chunk)
 
@@ -117,9 +124,14 @@ def main(argv=None):
 
   names = ["evaluate(FullRanking)", "bare blocked product, batch by batch",
            "bare blocked product, all dispatched", "bare unchunked [B,N] product"]
-  wall, cpu = _time_interleaved(
-      [run_eval, lambda: run_bare(blocked), lambda: run_bare_async(blocked), lambda: run_bare(full)],
-      a.repeats)
+  fns = [run_eval, lambda: run_bare(blocked), lambda: run_bare_async(blocked), lambda: run_bare(full)]
+  if h > 1:
+    ungrouped = dataclasses.replace(queries, group=None)
+    names.append(f"ranks, {h} held-out items ungrouped")
+    names.append(f"ranks, {h} held-out items grouped")
+    fns.append(lambda: protocols.rank_queries(fn, params, ungrouped, proto, a.items, batch_size=a.batch))
+    fns.append(lambda: protocols.rank_queries(fn, params, queries, proto, a.items, batch_size=a.batch))
+  wall, cpu = _time_interleaved(fns, a.repeats)
   args = sys.argv[1:] if argv is None else argv
   print("command: python -m benchmarks.bench_full_ranking " + " ".join(args))
   print(f"device: {jax.devices()[0].device_kind}; users={a.users} items={a.items} dim={a.dim} "
@@ -132,6 +144,8 @@ def main(argv=None):
   print(f"ratio evaluate / faster bare blocked product: wall {wall[0] / wb:.2f}x, cpu {cpu[0] / cb:.2f}x "
         f"(target <= 2x); evaluate / unchunked product: wall {wall[0] / wall[3]:.2f}x, "
         f"cpu {cpu[0] / cpu[3]:.2f}x")
+  if h > 1:
+    print(f"ratio ungrouped / grouped ranks: wall {wall[4] / wall[5]:.2f}x, cpu {cpu[4] / cpu[5]:.2f}x")
 
 
 if __name__ == "__main__":
