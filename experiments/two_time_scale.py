@@ -29,6 +29,7 @@ Writes into ``--workdir``: ``results.json`` (every row, configs, timings, histor
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 import os
 import time
@@ -53,6 +54,13 @@ PROTOCOL = "2ts-chronological"
 VARIANT_NAMES = report.VARIANT_NAMES
 BASELINE_NAMES = report.BASELINE_NAMES
 METRICS = ("MRR", "Recall@10")
+# Baselines with their own training loop: registry name -> (module with ``fit`` and ``query_features``,
+# its hyper-parameters). Every other baseline is a registered model trained by ``jaxrec.train.fit``.
+OWN_TRAINERS = {"gcmc": ("jaxrec.models.gcmc", {"variant": "gcmc"}),
+                "gcmc-sage": ("jaxrec.models.gcmc", {"variant": "gcmc-sage"}),
+                "gcmc-gat": ("jaxrec.models.gcmc", {"variant": "gcmc-gat", "max_degree": 32}),  # 128: ~5x slower
+                "dynaernn": ("jaxrec.models.dynaernn", {}),
+                "jodie": ("jaxrec.models.jodie", {})}
 
 
 RATES = ("shared", "theory")
@@ -296,16 +304,28 @@ def _budget(history: list) -> dict:
 
 
 def _train_baseline(model: str, s: _Setup, opts: Options, seed: int, workdir: Optional[str]) -> dict:
-  """Fits ``model`` with its best epoch on the whole validation set (the 2TS validation candidates)."""
-  spec = registry.get(model)
+  """Fits ``model`` with its best epoch on the whole validation set (the 2TS validation candidates).
+
+  A registered model trains through :func:`jaxrec.train.fit.fit`; one of ``OWN_TRAINERS`` (graph and
+  temporal baselines) through its module's ``fit(logs, valid_queries, config, ...)``, which reads only
+  ``logs[0]`` to train (and ``logs[1]`` for validation features), and its ``query_features``.
+  """
   sp = s.prep.split
   config = opts.fit_config()
   logs = [sp.train, sp.valid, sp.test]
-  hist = fit_lib.history_len_for(model, config)
-  valid_q = dataclasses.replace(s.prep.valid_queries, features=fit_lib.query_features(spec, logs, 1, hist))
-  fitted = fit_lib.fit(model, sp.train, valid_q, config, seed=seed, workdir=workdir,
-                       valid_protocol=s.valid_sampled)
-  test = _evaluate_test(fitted.score_fn, fitted.params, s, fit_lib.query_features(spec, logs, 2, hist))
+  if model in OWN_TRAINERS:
+    module_name, hparams = OWN_TRAINERS[model]
+    trainer = importlib.import_module(module_name)
+    fitted = trainer.fit(logs, s.prep.valid_queries, config, seed=seed, workdir=workdir,
+                         valid_protocol=s.valid_sampled, **hparams)
+    test = _evaluate_test(fitted.score_fn, fitted.params, s, trainer.query_features(fitted, logs, 2))
+  else:
+    spec = registry.get(model)
+    hist = fit_lib.history_len_for(model, config)
+    valid_q = dataclasses.replace(s.prep.valid_queries, features=fit_lib.query_features(spec, logs, 1, hist))
+    fitted = fit_lib.fit(model, sp.train, valid_q, config, seed=seed, workdir=workdir,
+                         valid_protocol=s.valid_sampled)
+    test = _evaluate_test(fitted.score_fn, fitted.params, s, fit_lib.query_features(spec, logs, 2, hist))
   evals = [r for r in fitted.history if any(k.startswith("valid/") for k in r)]
   return {"model": model, "config": dataclasses.asdict(config), "train_seconds": fitted.train_seconds,
           "best_step": fitted.best_step, "valid_history": evals, "test": test,

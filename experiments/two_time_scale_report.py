@@ -14,7 +14,9 @@ from experiments.registry import Table
 # Display names (the binary's rows use them too).
 VARIANT_NAMES = {"2ts": "2TS", "2ts-plus": "2TS-Plus", "single-stage": "2TS-SingleStage", "2-gru": "2-GRU",
                  "ccf": "CCF"}
-BASELINE_NAMES = {"sumpool": "SumPooling", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec"}
+BASELINE_NAMES = {"sumpool": "SumPooling", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
+                  "gcmc": "GCMC", "gcmc-sage": "GCMC-SAGE", "gcmc-gat": "GCMC-GAT", "dynaernn": "dynAERNN",
+                  "jodie": "JODIE"}
 DEFAULT_BASELINES = ("sumpool", "gru4rec", "sasrec")  # bert4rec by --config.baselines (issue 16, in progress)
 
 

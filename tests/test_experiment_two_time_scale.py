@@ -13,14 +13,15 @@ from experiments import two_time_scale as exp
 from experiments import two_time_scale_report as report
 from jaxrec.methods import two_time_scale as tts
 
-# One sequence baseline: SumPooling and SASRec go through the same _train_baseline path (each one
-# more model to compile, ~20 s); the binary's default baselines are checked in test_options_*.
-_ROWS = {"2TS", "2TS-Plus", "2TS-SingleStage", "2-GRU", "CCF", "GRU4Rec", "Popularity"}
+# One registered sequence baseline and one with its own trainer (exp.OWN_TRAINERS; JODIE's test queries
+# carry features): the others go through the same two _train_baseline paths (each one more model to
+# compile, ~20 s); the binary's default baselines are checked in test_options_*.
+_ROWS = {"2TS", "2TS-Plus", "2TS-SingleStage", "2-GRU", "CCF", "GRU4Rec", "JODIE", "Popularity"}
 
 
 def _tiny_options(**kw):
   base = dict(base_epochs=1, base_batch_size=128, base_history_len=8, base_negatives=8, eval_negatives=49,
-              baselines=("gru4rec",))
+              baselines=("gru4rec", "jodie"))
   base.update(kw)
   return exp.Options(tts=tts.TwoTimeScaleConfig(t_star=5, k=3, num_offered=5, d_id=8, d_feat=4,
                                                 epochs_stage1=1, epochs_stage2=1, epochs_single=1), **base)
