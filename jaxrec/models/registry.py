@@ -20,7 +20,8 @@ Families and their training batches (see :mod:`jaxrec.models.mf`, :mod:`jaxrec.m
 Registered: ``mf-bpr`` and ``mf-log`` (Rendle et al. 2009; MF with log loss as in MeLON/SML),
 ``ncf`` (He et al. 2017), ``gru4rec`` (Hidasi et al. 2016), ``caser`` (Tang & Wang 2018), ``sasrec``
 (Kang & McAuley 2018), ``sumpool``, ``bert4rec`` (Sun et al. 2019; Cloze-trained, its own loss in
-:mod:`jaxrec.models.bert4rec`). Adding a model is one :func:`register` call.
+:mod:`jaxrec.models.bert4rec`), ``dien`` (Zhou et al. 2019; candidate-dependent AUGRU, auxiliary loss in
+:mod:`jaxrec.models.dien`). Adding a model is one :func:`register` call.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.models import bert4rec, mf, ncf, sequential
+from jaxrec.models import dien  # DIEN (Zhou et al. 2019)
 
 Array = jax.Array
 ScoreFn = Callable[[Any, Mapping[str, Array], Array], Array]
@@ -172,3 +174,7 @@ register(ModelSpec("bert4rec", "sequence", bert4rec.BERT4Rec,
                    {"dim": 64, "max_len": 200, "num_blocks": 2, "num_heads": 2, "dropout": 0.1,
                     "mask_prob": 0.2, "max_predictions": 20}, "full_softmax", bert4rec.make_loss_fn,
                    all_positions=True))
+register(ModelSpec("dien", "sequence", dien.DIEN,
+                   {"dim": 36, "hidden": 36, "max_len": 20, "attention_layers": (80, 40),
+                    "mlp_layers": (200, 80), "aux_layers": (100, 50), "aux_weight": 1.0,
+                    "candidate_chunk": 64}, "softmax", dien.make_loss_fn))
