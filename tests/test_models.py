@@ -25,11 +25,13 @@ TINY = {
     "bert4rec": {"dim": D, "max_len": L + 1, "num_blocks": 1, "num_heads": 2, "dropout": 0.0},
     "dien": {"dim": D, "hidden": D, "max_len": L, "attention_layers": (8, 4), "mlp_layers": (8, 4),
              "aux_layers": (8, 4), "candidate_chunk": 2},
+    "mimn": {"dim": D, "hidden": D, "memory_slots": 4, "att_hidden": (8, 4), "mlp_hidden": (8, 4)},
 }
 SEQUENCE = [n for n in TINY if registry.get(n).family == "sequence"]
 # Sequence models whose state is candidate-independent (``encode``): DIEN's AUGRU reads the candidate.
 ENCODERS = [n for n in SEQUENCE if n != "dien"]
-DOT_STATE = ENCODERS  # ``encode`` is the scored state (``score = state . item embedding``)
+# ``encode`` is the scored state (``score = state . item embedding``): not MIMN's (a memory readout).
+DOT_STATE = [n for n in ENCODERS if n != "mimn"]
 
 
 def _batch(seed=0, batch_size=B):

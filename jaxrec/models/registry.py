@@ -21,7 +21,8 @@ Registered: ``mf-bpr`` and ``mf-log`` (Rendle et al. 2009; MF with log loss as i
 ``ncf`` (He et al. 2017), ``gru4rec`` (Hidasi et al. 2016), ``caser`` (Tang & Wang 2018), ``sasrec``
 (Kang & McAuley 2018), ``sumpool``, ``bert4rec`` (Sun et al. 2019; Cloze-trained, its own loss in
 :mod:`jaxrec.models.bert4rec`), ``dien`` (Zhou et al. 2019; candidate-dependent AUGRU, auxiliary loss in
-:mod:`jaxrec.models.dien`). Adding a model is one :func:`register` call.
+:mod:`jaxrec.models.dien`), ``mimn`` (Pi et al. 2019; NTM memory + memory induction unit,
+:mod:`jaxrec.models.mimn`). Adding a model is one :func:`register` call.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 
 from jaxrec.models import bert4rec, mf, ncf, sequential
 from jaxrec.models import dien  # DIEN (Zhou et al. 2019)
+from jaxrec.models import mimn  # MIMN (Pi et al. 2019)
 
 Array = jax.Array
 ScoreFn = Callable[[Any, Mapping[str, Array], Array], Array]
@@ -178,3 +180,7 @@ register(ModelSpec("dien", "sequence", dien.DIEN,
                    {"dim": 36, "hidden": 36, "max_len": 20, "attention_layers": (80, 40),
                     "mlp_layers": (200, 80), "aux_layers": (100, 50), "aux_weight": 1.0,
                     "candidate_chunk": 64}, "softmax", dien.make_loss_fn))
+register(ModelSpec("mimn", "sequence", mimn.MIMN,
+                   {"dim": 32, "hidden": 32, "memory_slots": 4, "induction": True, "top_k": 1, "util_reg": True,
+                    "util_weight": 0.001, "clip_value": 20.0, "sharp_value": 2.0, "att_hidden": (80, 40),
+                    "mlp_hidden": (200, 80)}, "softmax", mimn.make_loss_fn))
