@@ -16,7 +16,7 @@ VARIANT_NAMES = {"2ts": "2TS", "2ts-plus": "2TS-Plus", "single-stage": "2TS-Sing
                  "ccf": "CCF"}
 BASELINE_NAMES = {"sumpool": "SumPooling", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
                   "gcmc": "GCMC", "gcmc-sage": "GCMC-SAGE", "gcmc-gat": "GCMC-GAT", "dynaernn": "dynAERNN",
-                  "jodie": "JODIE"}
+                  "jodie": "JODIE", "dien": "DIEN", "mimn": "MIMN"}
 DEFAULT_BASELINES = ("sumpool", "gru4rec", "sasrec")  # bert4rec by --config.baselines (issue 16, in progress)
 
 
