@@ -73,7 +73,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -584,40 +583,26 @@ def fit(logs: list[InteractionLog], valid_queries: Optional[Queries], config: fi
   state = learner.init(init_params(init_rng, arch), init_rng)
   score_fn = HadamardLogitScore()
 
-  eval_fn, valid_negatives = None, None
-  if valid_queries is not None and len(valid_queries):
-    if valid_protocol is None:
-      valid_negatives = fit_lib.capped_negatives(valid_queries, train.num_items, config.valid_negatives,
-                                                 "validation")
-    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=valid_negatives, seed=seed)
-    if isinstance(protocol, protocols_lib.Sampled):
-      valid_negatives = protocol.num_negatives
-      protocol = protocol.draw(valid_queries, train.num_items)
+  protocol, valid_negatives = fit_lib.validation_protocol(valid_queries, train.num_items, config, seed,
+                                                          valid_protocol)
+  eval_fn = None
+  if protocol is not None:
     vq = dataclasses.replace(valid_queries, features={})
 
     def eval_fn(net_params):
       sp = scoring_params(net_params, arch, data, link, hp)
-      res = protocols_lib.evaluate(score_fn, sp, vq, protocol, train.num_items, batch_size=256, ks=(10,))
-      return {f"valid/{k}": v for k, v in res.summary.items() if k != "num_queries"}
+      return fit_lib.validation_metrics(score_fn, sp, vq, protocol, train.num_items)
 
   mu, mi = len(data.user_samples), len(data.item_samples)
   steps_per_epoch = max(1, -(-(mu + mi) // config.batch_size))
-  loop_config = loop_lib.LoopConfig(
-      num_epochs=config.epochs, log_every=max(1, min(100, steps_per_epoch)), eval_every=config.eval_every,
-      metric=config.metric if eval_fn is not None else None, patience=config.patience,
-      time_limit=config.time_limit, progress=config.progress, steps_per_epoch=steps_per_epoch)
   run_config = {"model": "dynaernn", "fit": {k: v for k, v in dataclasses.asdict(config).items()
                                              if k != "progress"},
                 "hparams": dataclasses.asdict(hp), "seed": seed}
   t0 = time.time()
-  best, history = loop_lib.train(loop_config, learner, state,
-                                 lambda epoch: epoch_batches(data, config.batch_size, seed, epoch),
+  best, history = loop_lib.train(fit_lib.loop_config(config, steps_per_epoch, eval_fn is not None), learner,
+                                 state, lambda epoch: epoch_batches(data, config.batch_size, seed, epoch),
                                  eval_fn, workdir, rng=loop_rng, run_config=run_config)
-  seconds = time.time() - t0
-  segments = [{"from_step": 0, "to_step": int(best.step), "seconds": seconds}]
-  if workdir is not None and os.path.exists(os.path.join(workdir, loop_lib.TIMING_FILE)):
-    timing = loop_lib.read_timing(workdir)
-    segments, seconds = timing["segments"], timing["total_seconds"]
+  segments, seconds = fit_lib.train_timing(workdir, int(best.step), time.time() - t0)
   params = scoring_params(learner.params(best), arch, data, link, hp)
   return fit_lib.FitResult(params=params, score_fn=score_fn, history=history, train_seconds=seconds,
                            best_step=int(best.step), train_segments=segments,

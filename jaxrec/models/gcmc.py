@@ -79,7 +79,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -454,37 +453,21 @@ def fit(logs: list[InteractionLog], valid_queries: Optional[Queries], config: fi
                                          config.clip_norm))
   state = learner.init(params, init_rng)
 
-  eval_fn, valid_negatives = None, None
-  if valid_queries is not None and len(valid_queries):
-    if valid_protocol is None:
-      valid_negatives = fit_lib.capped_negatives(valid_queries, train.num_items, config.valid_negatives,
-                                                 "validation")
-    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=valid_negatives, seed=seed)
-    if isinstance(protocol, protocols_lib.Sampled):
-      valid_negatives = protocol.num_negatives
-      protocol = protocol.draw(valid_queries, train.num_items)
-
+  protocol, valid_negatives = fit_lib.validation_protocol(valid_queries, train.num_items, config, seed,
+                                                          valid_protocol)
+  eval_fn = None
+  if protocol is not None:
     def eval_fn(served):
       tables = encode_tables(module, served["model"], served["graph"])
-      res = protocols_lib.evaluate(table_score, tables, valid_queries, protocol, train.num_items,
-                                   batch_size=256, ks=(10,))
-      return {f"valid/{k}": v for k, v in res.summary.items() if k != "num_queries"}
+      return fit_lib.validation_metrics(table_score, tables, valid_queries, protocol, train.num_items)
 
   steps_per_epoch = -(-len(train) // config.batch_size)
-  loop_config = loop_lib.LoopConfig(
-      num_epochs=config.epochs, log_every=max(1, min(100, steps_per_epoch)), eval_every=config.eval_every,
-      metric=config.metric if eval_fn is not None else None, patience=config.patience,
-      time_limit=config.time_limit, progress=config.progress, steps_per_epoch=steps_per_epoch)
   t0 = time.time()
   best, history = loop_lib.train(
-      loop_config, learner, state,
+      fit_lib.loop_config(config, steps_per_epoch, eval_fn is not None), learner, state,
       lambda epoch: fit_lib.epoch_batches(examples, known, train.num_items, config, seed, epoch),
       eval_fn, workdir, rng=loop_rng, run_config=run_config)
-  seconds = time.time() - t0
-  segments = [{"from_step": 0, "to_step": int(best.train.step), "seconds": seconds}]
-  if workdir is not None and os.path.exists(os.path.join(workdir, loop_lib.TIMING_FILE)):
-    timing = loop_lib.read_timing(workdir)
-    segments, seconds = timing["segments"], timing["total_seconds"]
+  segments, seconds = fit_lib.train_timing(workdir, int(best.train.step), time.time() - t0)
   tables = jax.device_get(encode_tables(module, best.train.params, best.graph))
   return fit_lib.FitResult(params=tables, score_fn=table_score, history=history, train_seconds=seconds,
                            best_step=int(best.train.step), train_segments=segments,

@@ -96,7 +96,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -741,44 +740,30 @@ def fit(logs: list[InteractionLog], valid_queries: Optional[Queries], config: fi
   scorer = JodieScorer(cfg, data.norm)
   valid_stream = make_stream([train, logs[1]], data.norm.t_start) if len(logs) > 1 else None
 
+  if valid_queries is not None and len(valid_queries) and valid_stream is not None and (
+      len(valid_queries) != len(logs[1])):
+    raise ValueError(f"jodie.fit: {len(valid_queries)} validation queries for {len(logs[1])} rows of "
+                     "logs[1]; the queries must be logs[1]'s rows")
+  protocol, valid_negatives = fit_lib.validation_protocol(
+      valid_queries if valid_stream is not None else None, train.num_items, config, seed, valid_protocol)
   eval_fn = None
-  valid_negatives = None
-  if valid_queries is not None and len(valid_queries) and valid_stream is not None:
-    if len(valid_queries) != len(logs[1]):
-      raise ValueError(f"jodie.fit: {len(valid_queries)} validation queries for {len(logs[1])} rows of "
-                       "logs[1]; the queries must be logs[1]'s rows")
-    if valid_protocol is None:
-      valid_negatives = fit_lib.capped_negatives(valid_queries, train.num_items, config.valid_negatives,
-                                                 "validation")
-    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=valid_negatives, seed=seed)
-    if isinstance(protocol, protocols_lib.Sampled):
-      valid_negatives = protocol.num_negatives
-      protocol = protocol.draw(valid_queries, train.num_items)
-
+  if protocol is not None:
     def eval_fn(served):
       _, feats_q = _features(served, valid_stream, data.norm, 1, 0)
       q = dataclasses.replace(valid_queries, features=feats_q)
-      res = protocols_lib.evaluate(scorer, {"item_table": item_table(served)[None]}, q, protocol,
-                                   train.num_items, batch_size=256, ks=(10,))
-      return {f"valid/{k}": v for k, v in res.summary.items() if k != "num_queries"}
+      return fit_lib.validation_metrics(scorer, {"item_table": item_table(served)[None]}, q, protocol,
+                                        train.num_items)
 
   fit_fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"}
   run_config = {"model": NAME, "fit": fit_fields, "hparams": dataclasses.asdict(cfg), "seed": seed}
   steps = data.num_steps
-  loop_config = loop_lib.LoopConfig(
-      num_epochs=config.epochs, log_every=max(1, min(100, steps)), eval_every=None,
-      metric=config.metric if eval_fn is not None else None, patience=config.patience,
-      time_limit=config.time_limit, progress=config.progress, steps_per_epoch=steps)
   t0 = time.time()
-  best, history = loop_lib.train(loop_config, learner, state, data.batches, eval_fn, workdir,
-                                 rng=loop_rng, run_config=run_config)
-  seconds = time.time() - t0
+  best, history = loop_lib.train(
+      fit_lib.loop_config(dataclasses.replace(config, eval_every=None), steps, eval_fn is not None), learner,
+      state, data.batches, eval_fn, workdir, rng=loop_rng, run_config=run_config)
   best_step = max((r["step"] for r in history if r.get("best")),
                   default=history[-1]["step"] if history else 0)
-  segments = [{"from_step": 0, "to_step": int(best_step), "seconds": seconds}]
-  if workdir is not None and os.path.exists(os.path.join(workdir, loop_lib.TIMING_FILE)):
-    timing = loop_lib.read_timing(workdir)
-    segments, seconds = timing["segments"], timing["total_seconds"]
+  segments, seconds = fit_lib.train_timing(workdir, int(best_step), time.time() - t0)
   served = learner.params(best)
   tables = [item_table(served)]
   if valid_stream is not None:  # the item table after the validation log: test queries' candidates

@@ -354,40 +354,71 @@ def fit(model: str, train: InteractionLog, valid_queries: Optional[Queries], con
   learner = _fit_learner(model, module, config.loss, tx_key)
   state = learner.init(params, init_rng)
 
+  protocol, valid_negatives = validation_protocol(valid_queries, train.num_items, config, seed,
+                                                  valid_protocol)
   eval_fn = None
-  valid_negatives = None
-  if valid_queries is not None and len(valid_queries):
-    if valid_protocol is None:
-      valid_negatives = capped_negatives(valid_queries, train.num_items, config.valid_negatives,
-                                         "validation")
-    protocol = valid_protocol or protocols_lib.Sampled(num_negatives=valid_negatives, seed=seed)
-    if isinstance(protocol, protocols_lib.Sampled):
-      valid_negatives = protocol.num_negatives
-      protocol = protocol.draw(valid_queries, train.num_items)
-
-    def eval_fn(p):
-      res = protocols_lib.evaluate(spec.score_fn(module), p, valid_queries, protocol, train.num_items,
-                                   batch_size=256, ks=(10,))
-      return {f"valid/{k}": v for k, v in res.summary.items() if k != "num_queries"}
-
+  if protocol is not None:
+    eval_fn = lambda p: validation_metrics(spec.score_fn(module), p, valid_queries, protocol,  # noqa: E731
+                                           train.num_items)
   steps_per_epoch = -(-len(examples["user"]) // config.batch_size)
-  loop_config = loop_lib.LoopConfig(
-      num_epochs=config.epochs, log_every=max(1, min(100, steps_per_epoch)), eval_every=config.eval_every,
-      metric=config.metric if eval_fn is not None else None, patience=config.patience,
-      time_limit=config.time_limit, progress=config.progress, steps_per_epoch=steps_per_epoch)
   t0 = time.time()
   best, history = loop_lib.train(
-      loop_config, learner, state,
+      loop_config(config, steps_per_epoch, eval_fn is not None), learner, state,
       lambda epoch: epoch_batches(examples, known, train.num_items, config, seed, epoch),
       eval_fn, workdir, rng=loop_rng, run_config=full_run_config)
-  seconds = time.time() - t0
-  segments = [{"from_step": 0, "to_step": int(best.step), "seconds": seconds}]
-  if workdir is not None and os.path.exists(os.path.join(workdir, loop_lib.TIMING_FILE)):
-    timing = loop_lib.read_timing(workdir)
-    segments, seconds = timing["segments"], timing["total_seconds"]
+  segments, seconds = train_timing(workdir, int(best.step), time.time() - t0)
   return FitResult(params=best.params, score_fn=spec.score_fn(module), history=history,
                    train_seconds=seconds, best_step=int(best.step), train_segments=segments,
                    valid_negatives=valid_negatives)
+
+
+# -- pieces shared with the models that train with their own loop (jaxrec.models.gcmc, jodie, dynaernn) --
+
+
+def validation_protocol(valid_queries: Optional[Queries], num_items: int, config: FitConfig, seed: int,
+                        valid_protocol: Optional[protocols_lib.Protocol] = None
+                        ) -> tuple[Optional[protocols_lib.Protocol], Optional[int]]:
+  """The validation protocol, sampled candidates drawn once, and its number of negatives.
+
+  ``valid_protocol`` if given (a :class:`~jaxrec.eval.protocols.Sampled` is drawn here), else
+  ``config.valid_negatives`` uniform negatives (capped, with a warning, at what every query can have).
+  Returns ``(None, None)`` without validation queries.
+  """
+  if valid_queries is None or not len(valid_queries):
+    return None, None
+  valid_negatives = None
+  if valid_protocol is None:
+    valid_negatives = capped_negatives(valid_queries, num_items, config.valid_negatives, "validation")
+  protocol = valid_protocol or protocols_lib.Sampled(num_negatives=valid_negatives, seed=seed)
+  if isinstance(protocol, protocols_lib.Sampled):
+    valid_negatives = protocol.num_negatives
+    protocol = protocol.draw(valid_queries, num_items)
+  return protocol, valid_negatives
+
+
+def validation_metrics(score_fn, params, valid_queries: Queries, protocol: protocols_lib.Protocol,
+                       num_items: int) -> dict[str, float]:
+  """``{"valid/MRR": ..., "valid/NDCG@10": ...}``: the loop's validation record."""
+  res = protocols_lib.evaluate(score_fn, params, valid_queries, protocol, num_items, batch_size=256, ks=(10,))
+  return {f"valid/{k}": v for k, v in res.summary.items() if k != "num_queries"}
+
+
+def loop_config(config: FitConfig, steps_per_epoch: int, validates: bool) -> loop_lib.LoopConfig:
+  """The shared loop's configuration for ``config`` (keep-best and stopping on ``config.metric`` when
+  ``validates``)."""
+  return loop_lib.LoopConfig(
+      num_epochs=config.epochs, log_every=max(1, min(100, steps_per_epoch)), eval_every=config.eval_every,
+      metric=config.metric if validates else None, patience=config.patience,
+      time_limit=config.time_limit, progress=config.progress, steps_per_epoch=steps_per_epoch)
+
+
+def train_timing(workdir: Optional[str], best_step: int, seconds: float) -> tuple[list, float]:
+  """``(train_segments, train_seconds)``: this call's, or with a workdir the total over every segment."""
+  segments = [{"from_step": 0, "to_step": best_step, "seconds": seconds}]
+  if workdir is not None and os.path.exists(os.path.join(workdir, loop_lib.TIMING_FILE)):
+    timing = loop_lib.read_timing(workdir)
+    segments, seconds = timing["segments"], timing["total_seconds"]
+  return segments, seconds
 
 
 @functools.lru_cache(maxsize=None)
