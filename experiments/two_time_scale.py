@@ -547,8 +547,9 @@ def suite_options(suite_name: str) -> Options:
                    base_epochs=2, base_batch_size=512, base_history_len=20, base_negatives=32,
                    base_patience=2)
   # Full: to convergence (patience 3 on validation MRR, 100-epoch caps, 10 minutes per stage / baseline),
-  # Appendix C's 64 + 64 dimensions, every stage-2 setting.
-  return Options(tts=tts.TwoTimeScaleConfig(t_star=20, k=10, d_id=64, d_feat=64, epochs_stage1=100,
+  # Appendix C's 64 + 64 dimensions, every stage-2 setting, all twelve of Table 1's baselines.
+  return Options(baselines=tuple(BASELINE_NAMES),
+                 tts=tts.TwoTimeScaleConfig(t_star=20, k=10, d_id=64, d_feat=64, epochs_stage1=100,
                                             epochs_stage2=100, epochs_single=100),
                  stage2_grid=FULL_GRID, patience=3, time_limit=600.0, base_epochs=100, base_batch_size=256,
                  base_history_len=50, base_negatives=64, sweep_t_star=(10, 20, 50), sweep_k=(10, 20))

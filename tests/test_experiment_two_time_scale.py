@@ -12,6 +12,7 @@ import pytest
 from experiments import two_time_scale as exp
 from experiments import two_time_scale_report as report
 from jaxrec.methods import two_time_scale as tts
+from jaxrec.models import registry
 
 # One registered sequence baseline and one with its own trainer (exp.OWN_TRAINERS; JODIE's test queries
 # carry features): the others go through the same two _train_baseline paths (each one more model to
@@ -102,6 +103,10 @@ def test_experiment_is_registered_with_small_quick_budget():
   assert exp.EXPERIMENT.name == "two_time_scale" and exp.EXPERIMENT.order == 30
   quick = exp.suite_options("quick")
   assert quick.tts.epochs_stage1 + quick.tts.epochs_stage2 <= 6 and not quick.sweep_t_star
+  # The full suite trains every one of Table 1's baselines, each a registered model or an own trainer.
+  full = exp.suite_options("full")
+  assert set(full.baselines) == set(report.BASELINE_NAMES) and len(full.baselines) == 11  # + CCF (a variant)
+  assert all(b in exp.OWN_TRAINERS or b in registry.names() for b in full.baselines)
 
 
 _PARSE = """
