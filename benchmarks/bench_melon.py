@@ -56,7 +56,9 @@ def _median_ms(fn, state, batches, repeats):
   return 1000 * float(np.median(ts))
 
 
-def bench(model: str, users: int, items: int, batch: int, k: int, repeats: int, order: int = 2) -> dict:
+def _setup(model: str, users: int, items: int, batch: int, k: int):
+  """``(env, params, batches, state)``: random data and parameters, and a MeLON state whose history holds
+  the first half of the stream (MeLON with ``num_neighbours=k``, no offline pass)."""
   rng = np.random.default_rng(0)
   n = 20 * batch
   log = InteractionLog(user=rng.integers(0, users, n).astype(np.int32),
@@ -68,8 +70,7 @@ def bench(model: str, users: int, items: int, batch: int, k: int, repeats: int, 
   env = strategies_lib.Env(model, module, config, data)
   params = strategies_lib.init_params(env, jax.random.PRNGKey(0))
   batches = [{k_: jnp.asarray(v) for k_, v in data.block(t).items()} for t in range(4)]
-  mcfg = melon.MelonConfig(num_neighbours=k, offline_epochs=0, order=order)
-  cfg = melon.strategy.step_config(env, mcfg)
+  cfg = melon.strategy.step_config(env, melon.MelonConfig(num_neighbours=k, offline_epochs=0))
   state = step_lib.init_state(cfg, params, jax.random.PRNGKey(1), k)
   hist = state.history
   observe = jax.jit(history_lib.observe)
@@ -77,7 +78,12 @@ def bench(model: str, users: int, items: int, batch: int, k: int, repeats: int, 
     b = data.block(t)
     hist = observe(hist, jnp.asarray(b["user"]), jnp.asarray(b["positive"]), jnp.asarray(b["mask"]),
                    jax.random.PRNGKey(t))
-  state = state.replace(history=hist)
+  return env, params, batches, state.replace(history=hist)
+
+
+def bench(model: str, users: int, items: int, batch: int, k: int, repeats: int, order: int = 2) -> dict:
+  env, params, batches, state = _setup(model, users, items, batch, k)
+  mcfg = melon.MelonConfig(num_neighbours=k, offline_epochs=0, order=order)
   ml = melon.make(env, mcfg)
   melon_ms = _median_ms(learner_lib.jit_update(ml), state, batches, repeats)
   ft = strategies_lib.get("fine-tune").make(env)
@@ -97,26 +103,8 @@ def _cost(fn, *args) -> tuple[float, float]:
 
 def breakdown(model: str, users: int, items: int, batch: int, k: int, repeats: int) -> list:
   """Rows ``(name, median ms, GFLOP, MB accessed)`` of the online step's parts (see module docstring)."""
-  rng = np.random.default_rng(0)
-  n = 20 * batch
-  log = InteractionLog(user=rng.integers(0, users, n).astype(np.int32),
-                       item=rng.integers(0, items, n).astype(np.int32),
-                       timestamp=np.arange(n, dtype=np.int64), num_users=users, num_items=items, name="bench")
-  data = blocks_lib.from_prequential(log, batch, 0.5)
-  module = registry.get(model).make(users, items, **HPARAMS[model])
-  config = strategies_lib.StrategyConfig(batch_size=batch, num_negatives=1, loss="bpr", weight_decay=1e-3)
-  env = strategies_lib.Env(model, module, config, data)
-  params = strategies_lib.init_params(env, jax.random.PRNGKey(0))
-  batches = [{k_: jnp.asarray(v) for k_, v in data.block(t).items()} for t in range(4)]
+  env, params, batches, state = _setup(model, users, items, batch, k)
   base = melon.strategy.step_config(env, melon.MelonConfig(num_neighbours=k, offline_epochs=0))
-  state = step_lib.init_state(base, params, jax.random.PRNGKey(1), k)
-  hist = state.history
-  observe = jax.jit(history_lib.observe)
-  for t in range(len(data) // 2):
-    b = data.block(t)
-    hist = observe(hist, jnp.asarray(b["user"]), jnp.asarray(b["positive"]), jnp.asarray(b["mask"]),
-                   jax.random.PRNGKey(t))
-  state = state.replace(history=hist)
   variants = {"update only (line 11)": dataclasses.replace(base, meta_update=False),
               "order 1 (first-order meta-step)": dataclasses.replace(base, order=1),
               "order 2 (Algorithm 1)": base}
@@ -125,8 +113,7 @@ def breakdown(model: str, users: int, items: int, batch: int, k: int, repeats: i
   for name, cfg in variants.items():
     fn = functools.partial(step_lib.online_step, cfg)
     gflop, mb = _cost(fn, state, batches[0], key)
-    ms = _median_ms(jax.jit(fn), state, batches, repeats)
-    rows.append((name, ms, gflop, mb))
+    rows.append((name, _median_ms(jax.jit(fn), state, batches, repeats), gflop, mb))
   ft = strategies_lib.get("fine-tune").make(env)
   ft_state = ft.init(params, jax.random.PRNGKey(0))
   gflop, mb = _cost(ft.update, ft_state, batches[0], key)
