@@ -136,8 +136,9 @@ def test_neumf_matches_paper_equation():
 
 def test_neumf_dropout_is_on_in_training_only():
   """``dropout`` (RecBole's NeuMF) leaves the parameters and every evaluation score unchanged; in
-  training (a key) one user's two copies of the same candidate score differently (masks are drawn per
-  pair); the loss is a function of the key; without dropout the key changes nothing."""
+  training (a key) one user's two copies of the same candidate score differently; the loss is a function
+  of the key; without dropout the key changes nothing. (Whether the user input's mask is per pair or per
+  user is not told apart here: the hidden layers' masks are per pair either way.)"""
   spec, module, params = _built("ncf")
   dropped = spec.make(U, I, **TINY["ncf"], dropout=0.5)
   batch = _batch(5)

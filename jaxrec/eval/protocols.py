@@ -386,23 +386,22 @@ def _grouped_full_ranks(score_fn: ScoreFn, params, batch, row, positive, excl, *
 
   rows_m = jnp.broadcast_to(jnp.arange(g)[:, None], excl.shape)
 
-  def gather(c, acc):
-    s, _ = scores(c)
+  def gather_from(s, c, acc):
     pos_acc, known_acc = acc
     here_p, got_p = pick(s, c * chunk_size, positive, row)
     here_k, got_k = pick(s, c * chunk_size, excl, rows_m)
     return jnp.where(here_p, got_p, pos_acc), jnp.where(here_k, got_k, known_acc)
 
-  dtype = jax.eval_shape(lambda: scores(0)[0]).dtype
-  pos_s, known_s = jax.lax.fori_loop(0, num_chunks, gather, (jnp.zeros(positive.shape, dtype),
-                                                              jnp.zeros(excl.shape, dtype)))
-
-  def count(c, total):
-    s, valid = scores(c)
+  def count_from(s, valid, pos_s, total):
     beat = ~(s[row] < pos_s[:, None]) & valid[None, :]
     return total + jnp.where(beat, jnp.float32(1), jnp.float32(0)).sum(1).astype(jnp.int32)
 
-  total = jax.lax.fori_loop(0, num_chunks, count, jnp.zeros(positive.shape, jnp.int32))
+  # Chunk 0 is scored once and serves both passes (with one chunk, e.g. ML-100K, that is the only call).
+  first, valid0 = scores(0)
+  acc = gather_from(first, 0, (jnp.zeros(positive.shape, first.dtype), jnp.zeros(excl.shape, first.dtype)))
+  pos_s, known_s = jax.lax.fori_loop(1, num_chunks, lambda c, a: gather_from(scores(c)[0], c, a), acc)
+  total = count_from(first, valid0, pos_s, jnp.zeros(positive.shape, jnp.int32))
+  total = jax.lax.fori_loop(1, num_chunks, lambda c, t: count_from(*scores(c), pos_s, t), total)
   mine = excl[row]  # [S, M] the known items of each slot's row
   known_beat = ((mine >= 0) & ~(known_s[row] < pos_s[:, None])).sum(1, dtype=jnp.int32)
   in_known = ((mine == positive[:, None]) & (mine >= 0)).any(1)
