@@ -13,7 +13,7 @@ import numpy as np
 from absl.testing import absltest
 
 from jaxrec.data import shards, synthetic
-from jaxrec.data.log import DataError, concat_logs
+from jaxrec.data.log import DataError, InteractionLog, concat_logs
 
 # tiny (200 users, ~3.4k interactions) cut into 6 chunks of 37 users: shards of unequal sizes.
 CONFIG = dataclasses.replace(synthetic.get_config("tiny"), chunk_users=37, ratings=True)
@@ -69,6 +69,45 @@ class ShardsTest(absltest.TestCase):
       # The padding rows of the last batch are real rows (ids in range), masked out.
       last = batches[-1]
       self.assertTrue(np.all(last["user"] < self.log.num_users) and np.all(last["user"] >= 0))
+
+  def _interleaved(self):
+    """The tiny log in a shuffled arrival order with coarse timestamps (many ties in time) and some rows
+    repeated, written as 5 consecutive row slices: every user's rows spread over several shards."""
+    m, rng = self.memory, np.random.default_rng(0)
+    idx = rng.permutation(m.user.shape[0])
+    idx = np.concatenate([idx, idx[rng.integers(0, idx.shape[0], 300)]])  # exact duplicates
+    log = InteractionLog(user=m.user[idx], item=m.item[idx], timestamp=m.timestamp[idx] // 50,
+                         rating=m.rating[idx], num_users=m.num_users, num_items=m.num_items,
+                         item_features=m.item_features, name="interleaved")
+    cuts = np.linspace(0, idx.shape[0], 6).astype(int)
+    chunks = [dataclasses.replace(log, **{c: getattr(log, c)[a:b] for c in ("user", "item", "timestamp",
+                                                                             "rating")})
+              for a, b in zip(cuts, cuts[1:])]
+    return log, shards.write(os.path.join(tempfile.mkdtemp(), "interleaved"), chunks)
+
+  def test_user_blocks_hold_whole_users_in_arrival_order(self):
+    log, on_disk = self._interleaved()
+    self.assertGreater(len(np.unique(np.asarray(on_disk.column("user", 0)))), 100)  # users spread out
+    counts = shards.user_counts(on_disk)
+    np.testing.assert_array_equal(counts, np.bincount(log.user, minlength=log.num_users))
+    for max_rows in (1, 97, 1_000, 10**9):
+      blocks = list(shards.user_blocks(on_disk, max_rows))
+      self.assertEqual(len(blocks) == 1, max_rows == 10**9)
+      seen = set()
+      for b in blocks:
+        users = np.unique(b.user)
+        self.assertTrue(seen.isdisjoint(users.tolist()))
+        seen.update(users.tolist())
+        self.assertTrue(b.user.shape[0] <= max_rows or users.shape[0] == 1, max_rows)
+        np.testing.assert_array_equal(np.bincount(b.user, minlength=log.num_users)[users], counts[users])
+      # Concatenated and stably grouped by user, the blocks are the whole log stably grouped by user:
+      # every row once, each user's rows in arrival order (what keeps ties in time as on the whole log).
+      cat = concat_logs(blocks)
+      for c in ("user", "item", "timestamp", "rating"):
+        np.testing.assert_array_equal(getattr(cat, c)[np.argsort(cat.user, kind="stable")],
+                                      getattr(log, c)[np.argsort(log.user, kind="stable")], c)
+    with self.assertRaisesRegex(DataError, "max_rows must be >= 1"):
+      next(shards.user_blocks(on_disk, 0))
 
   def test_order_is_a_function_of_seed_and_epoch(self):
     def order(seed, epoch):

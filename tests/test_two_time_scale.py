@@ -555,3 +555,64 @@ def test_bucketed_rollout_equals_the_unbucketed_one_on_synthetic_data(variant):
   valid = tts.eval_query_vectors(cfg, params, data, tts.prepare_eval_sequences([sp.valid]), feats,
                                  batch_size=16)
   np.testing.assert_allclose(valid.user_vec, out.user_vec[:len(sp.valid)], rtol=1e-5, atol=1e-6)
+
+
+def _on_disk(tmp_path):
+  """A 2TS training log as it arrives in real data (rows out of time order, ties in time, exact
+  duplicates), in memory and written as 4 consecutive row slices (each user spread over the shards)."""
+  from jaxrec.data import datasets, shards, splits
+  base = splits.chronological(datasets.load_dataset("synthetic:tiny", seed=0)).train
+  rng = np.random.default_rng(0)
+  idx = rng.permutation(base.user.shape[0])
+  idx = np.concatenate([idx, idx[rng.integers(0, idx.shape[0], 200)]])
+  log = dataclasses.replace(base, user=base.user[idx], item=base.item[idx],
+                            timestamp=base.timestamp[idx] // (7 * 86400), rating=None)
+  cuts = np.linspace(0, idx.shape[0], 5).astype(int)
+  chunks = [dataclasses.replace(log, **{c: getattr(log, c)[a:b] for c in ("user", "item", "timestamp")})
+            for a, b in zip(cuts, cuts[1:])]
+  return log, shards.write(str(tmp_path / "shards"), chunks)
+
+
+def test_sharded_training_data_is_the_in_memory_one(tmp_path):
+  log, on_disk = _on_disk(tmp_path)
+  pairs = np.stack([log.user, log.timestamp], 1)
+  assert len(np.unique(pairs, axis=0)) < 0.8 * log.user.shape[0]  # many ties in time within a user
+  for t_star, k in ((20, 5), (3, 2)):
+    want = tts.prepare_training_data(log, t_star, k)
+    got = tts.batches.prepare_sharded_training_data(on_disk, t_star, k, max_rows=300)
+    assert want.in_user.shape[0] > 1 and want.act_user.shape[0] > 1
+    for f in dataclasses.fields(want):
+      if f.name in ("pair_user", "pair_item"):  # stage 1 streams from the shards
+        assert getattr(got, f.name).shape == (0,)
+        continue
+      np.testing.assert_array_equal(getattr(got, f.name), getattr(want, f.name), err_msg=f.name)
+
+
+def test_ccf_loss_gives_masked_pairs_no_weight():
+  cfg, _, params, _ = _setup("ccf", feats=False)
+  users, items = np.array([0, 3, 3, 6, 1]), np.array([1, 0, 15, 2, 7])
+  negs = jnp.asarray(np.random.default_rng(0).integers(0, NUM_ITEMS, (5, 3)))
+  mask = np.array([True, False, True, True, False])
+  masked, _ = tts.ccf_loss(cfg, params, {"user": users, "item": items, "mask": mask}, jax.random.key(0),
+                           negatives=negs)
+  kept, _ = tts.ccf_loss(cfg, params, {"user": users[mask], "item": items[mask]}, jax.random.key(0),
+                         negatives=negs[mask])
+  np.testing.assert_allclose(float(masked), float(kept), rtol=1e-6)
+
+
+def test_train_on_a_sharded_log(tmp_path):
+  log, on_disk = _on_disk(tmp_path)
+  cfg = tts.TwoTimeScaleConfig(variant="2ts", d_id=8, d_feat=4, feat_hidden=8, t_star=3, k=2,
+                               epochs_stage1=2, epochs_stage2=1, batch_stage1=500, batch_inactive=16,
+                               batch_active=16, lr_stage1=0.05)
+  res = tts.train(dataclasses.replace(cfg, variant="ccf"), on_disk, stage1_optimizer="rowwise-adagrad")
+  stage1 = res.history
+  assert len(stage1) == 2 and np.isfinite(stage1[-1]["loss"]) and stage1[-1]["loss"] < stage1[0]["loss"]
+  assert stage1[-1]["step"] == 2 * -(-on_disk.num_rows // 500)  # the shards' rows, the last batch masked
+  # Stage 2 from the same stage 1: the same groups, so the same steps and parameters as in memory.
+  s1 = {k: res.params[k] for k in tts.STAGE1_KEYS if k in res.params}
+  a = tts.train(cfg, on_disk, stage1_params=s1)
+  b = tts.train(cfg, log, stage1_params=s1)
+  chex.assert_trees_all_equal(a.params, b.params)
+  with pytest.raises(ValueError, match="single-stage variant needs the log in memory"):
+    tts.train(dataclasses.replace(cfg, variant="single-stage"), on_disk)

@@ -155,6 +155,55 @@ def write(directory: str, chunks: Iterable[InteractionLog], *, overwrite: bool =
   return open_log(directory)
 
 
+def user_counts(log: ShardedLog) -> np.ndarray:
+  """int64 ``[num_users]``: the rows of each user (one pass over the ``user`` columns)."""
+  counts = np.zeros(log.num_users, np.int64)
+  for s in range(log.num_shards):
+    counts += np.bincount(np.asarray(log.column("user", s)), minlength=log.num_users)
+  return counts
+
+
+def user_blocks(log: ShardedLog, max_rows: int, counts: Optional[np.ndarray] = None
+                ) -> Iterator[InteractionLog]:
+  """Every row of ``log``, as in-memory logs of whole users, with bounded memory.
+
+  Users are cut into consecutive id ranges of at most ``max_rows`` rows each (a user with more rows
+  than that gets a range of its own); per range, one pass over the shards keeps that range's rows. A
+  block is an :class:`InteractionLog` over the full index spaces holding every row of its users in
+  arrival order (shard order, then row order within a shard), so a stable time sort keeps ties in
+  arrival order as it would on the whole log: what per-user computations (sequences, last items,
+  per-user splits) need, at ``max_rows`` rows of memory instead of the whole log.
+
+  Args:
+    log: the shards.
+    max_rows: rows per block (at least 1).
+    counts: :func:`user_counts` of ``log``, if already computed.
+  """
+  if max_rows < 1:
+    raise DataError(f"user_blocks: max_rows must be >= 1, got {max_rows}")
+  counts = user_counts(log) if counts is None else counts
+  cum = np.cumsum(counts)
+  feats = log.item_features()
+  feats = None if feats is None else np.asarray(feats)
+  start = 0
+  while start < log.num_users:
+    before = cum[start - 1] if start else 0
+    end = max(int(np.searchsorted(cum, before + max_rows, side="right")), start + 1)
+    if cum[end - 1] > before:  # a range with rows
+      cols = {c: [] for c in log.columns}
+      for s in range(log.num_shards):
+        u = np.asarray(log.column("user", s))
+        sel = (u >= start) & (u < end)
+        if sel.any():
+          for c in log.columns:
+            cols[c].append(u[sel] if c == "user" else np.asarray(log.column(c, s))[sel])
+      cols = {c: np.concatenate(v) for c, v in cols.items()}
+      yield InteractionLog(user=cols["user"], item=cols["item"], timestamp=cols["timestamp"],
+                           num_users=log.num_users, num_items=log.num_items, rating=cols.get("rating"),
+                           item_features=feats, name=log.name)
+    start = end
+
+
 def steps_per_epoch(log: ShardedLog, batch_size: int) -> int:
   """Batches :func:`epoch_batches` yields per epoch: ``ceil(rows / batch_size)``."""
   return -(-log.num_rows // batch_size)

@@ -252,8 +252,9 @@ class RowLookups:
       the same number of rows. Every other parameter is dense.
     batch_tables: ``((batch field, group), ...)``: per-row arrays carried in the batch (e.g. 2TS's
       ``"item_features"`` ``[I, f]``), gathered into their compact form alongside the tables.
-    mask: the batch field ``[B]`` marking real examples (None: all real). Ids of masked examples touch
-      nothing (they still index a compact row for the loss, which must give them no weight).
+    mask: the batch field ``[B]`` marking real examples (None, or a batch without that field: all real).
+      Ids of masked examples touch nothing (they still index a compact row for the loss, which must give
+      them no weight).
   """
 
   groups: Tuple[Tuple[str, Tuple[str, ...]], ...]
@@ -333,7 +334,7 @@ def row_sparse_learner(make_loss: Callable[[Mapping[str, int]], LossFn], lookups
     for field, g in lookups.batch_tables:
       if field in batch:
         num_rows.setdefault(g, batch[field].shape[0])
-    mask = None if lookups.mask is None else jnp.asarray(batch[lookups.mask])
+    mask = None if batch.get(lookups.mask) is None else jnp.asarray(batch[lookups.mask])
     rows, valid, sizes = {}, {}, {}
     for g, names in lookups.groups:
       if g not in num_rows:

@@ -28,7 +28,9 @@ import jax
 import numpy as np
 
 from jaxrec.data import order as order_lib
+from jaxrec.data import shards as shards_lib
 from jaxrec.data.log import InteractionLog
+from jaxrec.data.shards import ShardedLog
 from jaxrec.methods.two_time_scale.model import TwoTimeScaleConfig
 
 STAGES = ("stage1", "stage2", "single")
@@ -85,12 +87,8 @@ def _pad_group(users, items, mask, prev):
           np.zeros((1, items.shape[1]), bool), np.full(1, -1, np.int32))
 
 
-def prepare_training_data(log: InteractionLog, t_star: int, k: int) -> TwoTimeScaleData:
-  """Builds the stage-1 pairs and the two padded stage-2 groups from the training log (vectorised).
-
-  Rows are ordered per user by time, ties in arrival order (:func:`jaxrec.data.order.user_positions`).
-  An empty group is represented by a single fully masked row (it contributes nothing to the loss).
-  """
+def _groups(log: InteractionLog, t_star: int, k: int) -> dict:
+  """:class:`TwoTimeScaleData`'s fields for ``log``, empty groups left empty (no padding row)."""
   up = order_lib.user_positions(log.user, log.timestamp, log.num_users)
   u, it, pos = up.user, log.item[up.order].astype(np.int32), up.position
   num_users, counts, start = log.num_users, up.counts, up.starts
@@ -121,16 +119,55 @@ def prepare_training_data(log: InteractionLog, t_star: int, k: int) -> TwoTimeSc
   act_items[row_of[u[sel]], col] = it[sel]
   act_mask[row_of[u[sel]], col] = True
   a_off = off[act_user]
-  act_prev = np.where(a_off > 0, it[np.maximum(start[act_user] + a_off - 1, 0)], -1)
+  act_prev = np.where(a_off > 0, it[np.maximum(start[act_user] + a_off - 1, 0)], -1).astype(np.int32)
+  return dict(num_users=num_users, num_items=log.num_items, pair_user=u.astype(np.int32), pair_item=it,
+              counts=counts, active=active, last_item=last_item,
+              in_user=in_user, in_items=in_items, in_mask=in_mask, in_prev=in_prev, act_user=act_user,
+              act_items=act_items, act_mask=act_mask, act_prev=act_prev)
 
-  in_user, in_items, in_mask, in_prev = _pad_group(in_user, in_items, in_mask, in_prev)
-  act_user, act_items, act_mask, act_prev = _pad_group(act_user, act_items, act_mask,
-                                                       act_prev.astype(np.int32))
-  return TwoTimeScaleData(
-      num_users=num_users, num_items=log.num_items, pair_user=u.astype(np.int32), pair_item=it,
-      counts=counts, active=active, last_item=last_item,
-      in_user=in_user, in_items=in_items, in_mask=in_mask, in_prev=in_prev, act_user=act_user,
-      act_items=act_items, act_mask=act_mask, act_prev=act_prev)
+
+def _padded(fields: dict) -> TwoTimeScaleData:
+  f = dict(fields)
+  f["in_user"], f["in_items"], f["in_mask"], f["in_prev"] = _pad_group(
+      f["in_user"], f["in_items"], f["in_mask"], f["in_prev"])
+  f["act_user"], f["act_items"], f["act_mask"], f["act_prev"] = _pad_group(
+      f["act_user"], f["act_items"], f["act_mask"], f["act_prev"])
+  return TwoTimeScaleData(**f)
+
+
+def prepare_training_data(log: InteractionLog, t_star: int, k: int) -> TwoTimeScaleData:
+  """Builds the stage-1 pairs and the two padded stage-2 groups from the training log (vectorised).
+
+  Rows are ordered per user by time, ties in arrival order (:func:`jaxrec.data.order.user_positions`).
+  An empty group is represented by a single fully masked row (it contributes nothing to the loss).
+  """
+  return _padded(_groups(log, t_star, k))
+
+
+_GROUP_FIELDS = ("in_user", "in_items", "in_mask", "in_prev", "act_user", "act_items", "act_mask",
+                 "act_prev")
+
+
+def prepare_sharded_training_data(log: ShardedLog, t_star: int, k: int, *,
+                                  max_rows: int = 8_000_000) -> TwoTimeScaleData:
+  """:func:`prepare_training_data` for a log on disk (:mod:`jaxrec.data.shards`), in bounded memory.
+
+  The stage-2 groups are built per block of whole users (:func:`jaxrec.data.shards.user_blocks`, at
+  most ``max_rows`` rows in memory at a time; each user's rows in arrival order, so the time order and
+  its ties are those of the whole log) and concatenated: the same groups, user for user, as
+  :func:`prepare_training_data` on the whole log in memory (tested). The stage-1 pairs are not held:
+  ``pair_user`` and ``pair_item`` are empty, and stage 1 streams its batches from the shards
+  (:func:`jaxrec.data.shards.epoch_batches`; :func:`.training.train` does this for a ``ShardedLog``).
+  """
+  counts = shards_lib.user_counts(log)
+  parts = [_groups(block, t_star, k) for block in shards_lib.user_blocks(log, max_rows, counts)]
+  out = {f: np.concatenate([p[f] for p in parts]) for f in _GROUP_FIELDS}
+  last_item = np.full(log.num_users, -1, np.int32)
+  for p in parts:
+    np.maximum(last_item, p["last_item"], out=last_item)
+  return _padded(dict(out, num_users=log.num_users, num_items=log.num_items,
+                      pair_user=np.zeros(0, np.int32), pair_item=np.zeros(0, np.int32), counts=counts,
+                      active=counts > t_star, last_item=last_item))
 
 
 def _epoch_order(rng: np.random.Generator, n: int, batch: int, steps: int) -> np.ndarray:

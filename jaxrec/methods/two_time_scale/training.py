@@ -30,12 +30,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrec.data import shards as shards_lib
 from jaxrec.data.log import InteractionLog
 from jaxrec.methods.two_time_scale import batches as batches_lib
 from jaxrec.methods.two_time_scale import model as model_lib
@@ -88,12 +89,13 @@ def offer_set_loss(scores: jax.Array, mask: Optional[jax.Array] = None) -> jax.A
 
 def ccf_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng: jax.Array,
              negatives: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
-  """Stage-1 CCF loss (Eq. 10), mean over the batch of (user, item) pairs.
+  """Stage-1 CCF loss (Eq. 10), mean over the batch's (unmasked) (user, item) pairs.
 
   Args:
     cfg: the configuration (``num_offered`` is ``p``).
     params: parameter pytree.
-    batch: ``{"user": [B], "item": [B]}`` (+ optional ``"item_features"``).
+    batch: ``{"user": [B], "item": [B]}`` (+ optional ``"item_features"``, and ``"mask"`` [B] marking the
+      real pairs of a filled last batch, as :func:`jaxrec.data.shards.epoch_batches` yields).
     rng: key for the offer sets (sampled inside the step).
     negatives: optional int ``[B, p]`` explicit offered items (tests); sampled when ``None``.
 
@@ -107,7 +109,7 @@ def ccf_loss(cfg: TwoTimeScaleConfig, params: Params, batch: Batch, rng: jax.Arr
   q = jnp.take(params["user"], batch["user"], axis=0)
   scores = offer_set_scores(q, model_lib.item_vectors(cfg, params, item, feats),
                             model_lib.item_vectors(cfg, params, negatives, feats))
-  loss = offer_set_loss(scores)
+  loss = offer_set_loss(scores, batch.get("mask"))
   return loss, {"ccf_loss": loss}
 
 
@@ -272,7 +274,7 @@ class TrainResult:
   history: list
 
 
-def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
+def train(cfg: TwoTimeScaleConfig, train_log: Union[InteractionLog, shards_lib.ShardedLog], *,
           eval_fn: Optional[Callable[[str, Params], Mapping[str, float]]] = None,
           metric: Optional[str] = "mrr",
           patience: Optional[int] = None, time_limit: Optional[float] = None,
@@ -288,7 +290,11 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
 
   Args:
     cfg: configuration (the variant decides the stages).
-    train_log: training interactions (its ``item_features``, if any, enter as ``[x ; g(f)]``).
+    train_log: training interactions (its ``item_features``, if any, enter as ``[x ; g(f)]``), in memory
+      or on disk (:class:`jaxrec.data.shards.ShardedLog`: a log larger than RAM). On disk, stage 1 streams
+      its batches from the shards (:func:`jaxrec.data.shards.epoch_batches`: shuffled within windows of
+      shards, the last batch filled with masked rows) and stage 2's groups are built per block of users
+      (:func:`.batches.prepare_sharded_training_data`); the single-stage variant needs a log in memory.
     eval_fn: ``eval_fn(stage, params) -> {name: scalar}`` validation after each epoch of each stage;
       the stage keeps its best params by ``eval_fn(...)[metric]`` (larger is better) and stops early
       after ``patience`` epochs without improvement. None: the last params of each stage. The params it
@@ -310,8 +316,16 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
   Returns:
     :class:`TrainResult`.
   """
-  data = batches_lib.prepare_training_data(train_log, cfg.t_star, cfg.k)
-  feats = None if train_log.item_features is None else jnp.asarray(train_log.item_features)
+  sharded = isinstance(train_log, shards_lib.ShardedLog)
+  if sharded and cfg.variant == "single-stage":
+    raise ValueError("train: the single-stage variant needs the log in memory (ShardedLog.to_log())")
+  if sharded:
+    data = batches_lib.prepare_sharded_training_data(train_log, cfg.t_star, cfg.k)
+    feats = train_log.item_features()
+  else:
+    data = batches_lib.prepare_training_data(train_log, cfg.t_star, cfg.k)
+    feats = train_log.item_features
+  feats = None if feats is None else jnp.asarray(feats)
   feat_dim = 0 if feats is None else feats.shape[1]
   k_init, k_train = jax.random.split(jax.random.key(cfg.seed))
   params = model_lib.init_params(cfg, k_init, data.num_users, data.num_items, feat_dim)
@@ -332,11 +346,17 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
     names = ("stage2",)
   stages = []
   for name in names:
-    spe = batches_lib.steps_per_epoch(cfg, data, name)
+    streamed = sharded and name == "stage1"
+    spe = (shards_lib.steps_per_epoch(train_log, cfg.batch_stage1) if streamed
+           else batches_lib.steps_per_epoch(cfg, data, name))
     clock = [None]
 
-    def batches_fn(epoch, name=name, clock=clock):
+    def batches_fn(epoch, name=name, clock=clock, streamed=streamed):
       clock[0] = time.perf_counter()
+      if streamed:
+        extra = {} if feats is None else {"item_features": feats}
+        return ({**b, **extra} for b in shards_lib.epoch_batches(train_log, cfg.batch_stage1, seed=cfg.seed,
+                                                                 epoch=epoch))
       return batches_lib.stage_batches(cfg, data, name, epoch, feats)
 
     def stage_eval(p, name=name, clock=clock):
@@ -358,7 +378,8 @@ def train(cfg: TwoTimeScaleConfig, train_log: InteractionLog, *,
     # The workdir remembers the config (and the data's size) it was trained with; a resume with
     # another one stops with one line (jaxrec.train.loop.check_run_config).
     run_config = {"tts": dataclasses.asdict(cfg), "num_users": data.num_users,
-                  "num_items": data.num_items, "train_pairs": int(data.pair_user.shape[0])}
+                  "num_items": data.num_items,
+                  "train_pairs": train_log.num_rows if sharded else int(data.pair_user.shape[0])}
     learner = stage_learner(cfg, params, name)
     if name == "stage1" and stage1_optimizer is not None:
       learner = sparse_stage1_learner(cfg.static(), stage1_optimizer, with_features=feats is not None)
@@ -405,7 +426,7 @@ def sparse_stage1_learner(cfg: TwoTimeScaleConfig, optimizer: str = "lazy-adam",
   lookups = sparse_lib.RowLookups(
       groups=(("user", ("user",)), ("item", ("item", "negatives"))),
       tables=(("user", "user"), ("item", "item")),
-      batch_tables=(("item_features", "item"),) if with_features else (), mask=None)
+      batch_tables=(("item_features", "item"),) if with_features else (), mask="mask")
 
   def prepare(params, batch, rng):
     item = jnp.asarray(batch["item"])
