@@ -48,6 +48,7 @@ from jaxrec.eval import suite
 from jaxrec.methods import two_time_scale as tts
 from jaxrec.models import nonlearned, registry
 from jaxrec.train import fit as fit_lib
+from jaxrec.train import sparse as sparse_lib
 
 MODULE = "experiments.two_time_scale"
 PROTOCOL = "2ts-chronological"
@@ -107,6 +108,9 @@ class Options:
       (base_batch_size counts windows; GRU4Rec and SASRec take FitConfig.sequence_batch_size sequences).
     eval_negatives: sampled negatives per query; 0: the protocol's (499, as in the paper). Only for data
       with too few items (``synthetic:tiny`` has 100).
+    stage1_optimizer: "" (the paper's dense Adam) or a row-sparse table optimizer for every stage 1
+      (``lazy-adam``, ``rowwise-adagrad``, ``adagrad``: :mod:`jaxrec.train.sparse`), whose step cost does
+      not grow with the numbers of users and items; its learning rate is ``tts.lr_stage1``.
   """
 
   variants: tuple[str, ...] = tts.VARIANTS
@@ -124,6 +128,7 @@ class Options:
   base_lr: float = 1e-3
   base_patience: int = 3
   eval_negatives: int = 0
+  stage1_optimizer: str = ""
 
   def __post_init__(self):
     bad = [v for v in self.variants if v not in tts.VARIANTS] + [
@@ -136,6 +141,9 @@ class Options:
       parse_setting(setting)
     if self.patience < 0 or self.time_limit < 0:
       raise ValueError("patience and time_limit must be >= 0 (0: none)")
+    if self.stage1_optimizer and self.stage1_optimizer not in sparse_lib.OPTIMIZERS:
+      raise ValueError(f"stage1_optimizer must be '' (dense Adam) or one of {sorted(sparse_lib.OPTIMIZERS)}, "
+                       f"got {self.stage1_optimizer!r}")
 
   def tts_config(self, variant: str, seed: int, t_star: Optional[int] = None,
                  k: Optional[int] = None, setting: Optional[str] = None,
@@ -277,7 +285,8 @@ def _train_tts(cfg, s: _Setup, opts: Options, workdir=None, with_test_curve: boo
   t0 = time.perf_counter()
   res = tts.train(cfg, s.prep.split.train, eval_fn=_valid_fn(cfg, data, s, with_test_curve), metric="mrr",
                   patience=opts.patience or None, time_limit=opts.time_limit or None, workdir=workdir,
-                  stage1_params=stage1_params)
+                  stage1_params=stage1_params,
+                  stage1_optimizer=(opts.stage1_optimizer or None) if "stage1" in tts.stage_names(cfg) else None)
   return res, time.perf_counter() - t0
 
 

@@ -32,6 +32,26 @@ def test_options_reject_unknown_variant():
   with pytest.raises(ValueError, match="unknown"):
     exp.Options(variants=("2ts", "nope"))
   assert exp.Options().baselines == ("sumpool", "gru4rec", "sasrec")
+  with pytest.raises(ValueError, match="stage1_optimizer must be '' .dense Adam. or one of"):
+    exp.Options(stage1_optimizer="adam")
+
+
+def test_stage1_optimizer_reaches_every_stage_1(monkeypatch):
+  seen = []
+  monkeypatch.setattr(exp.tts, "train", lambda cfg, log, **kw: seen.append(kw["stage1_optimizer"]))
+  monkeypatch.setattr(exp.tts, "prepare_training_data", lambda *a: None)
+  monkeypatch.setattr(exp, "_valid_fn", lambda *a: None)
+
+  class _S:  # pylint: disable=too-few-public-methods
+    class prep:  # pylint: disable=invalid-name
+      class split:  # pylint: disable=invalid-name
+        train = None
+
+  opts = _tiny_options(stage1_optimizer="rowwise-adagrad")
+  for variant in ("2ts", "ccf", "single-stage"):
+    exp._train_tts(opts.tts_config(variant, 0), _S, opts)  # pylint: disable=protected-access
+  exp._train_tts(opts.tts_config("2ts", 0), _S, _tiny_options())  # pylint: disable=protected-access
+  assert seen == ["rowwise-adagrad", "rowwise-adagrad", None, None]  # single-stage has no stage 1
 
 
 def test_label_position_inside_bucket():
