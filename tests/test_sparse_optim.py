@@ -225,6 +225,21 @@ class SparseLearnerTest(absltest.TestCase):
     chex.assert_trees_all_close(sp, dn, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(sp_losses, dn_losses, rtol=1e-5)
 
+  def test_2ts_sparse_stage1_of_a_two_stage_variant_freezes_the_stage2_keys(self):
+    for feat_dim in (0, 3):
+      cfg = tts.TwoTimeScaleConfig(variant="2ts-plus", d_id=8, d_feat=4, feat_hidden=8, num_offered=5)
+      params = tts.init_params(cfg, jax.random.key(0), 50, 30, feat_dim)
+      rng = np.random.default_rng(1)
+      extra = {"item_features": jnp.asarray(rng.normal(size=(30, feat_dim)), jnp.float32)} if feat_dim else {}
+      batches = [{"user": rng.integers(0, 50, 16).astype(np.int32),
+                  "item": rng.integers(0, 30, 16).astype(np.int32), **extra} for _ in range(2)]
+      learner = tts.training.sparse_stage1_learner(cfg.static(), "rowwise-adagrad", 0.1,
+                                                   with_features=bool(feat_dim))
+      out, _ = _run(learner, params, batches)
+      for k in params:
+        moved = any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out[k]), jax.tree.leaves(params[k])))
+        self.assertEqual(moved, k in tts.STAGE1_KEYS, (feat_dim, k))
+
   def test_2ts_train_with_a_sparse_stage1_through_the_loop_resumes(self):
     import tempfile
     from jaxrec.data import datasets, splits

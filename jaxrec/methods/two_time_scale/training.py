@@ -420,7 +420,8 @@ def sparse_stage1_learner(cfg: TwoTimeScaleConfig, optimizer: str = "lazy-adam",
   ``"lazy-adam"`` is not the paper's dense Adam (rows a batch misses do not move by their momentum).
   Cached on its arguments; pass ``cfg.static()`` for one compiled step across seeds and budgets.
   ``with_features``: the batches carry ``"item_features"`` (gathered per step like the tables), and
-  ``feat_net`` is trained by ``dense_optimizer`` (:func:`jaxrec.train.state.make_optimizer`'s name).
+  ``feat_net`` is trained by ``dense_optimizer`` (:func:`jaxrec.train.state.make_optimizer`'s name). The
+  other keys of a two-stage variant (the stage-2 cells, ``psi``, ...) stay bit-identical.
   """
   lr = cfg.lr_stage1 if learning_rate is None else learning_rate
   lookups = sparse_lib.RowLookups(
@@ -440,6 +441,10 @@ def sparse_stage1_learner(cfg: TwoTimeScaleConfig, optimizer: str = "lazy-adam",
 
     return loss_fn
 
-  dense_tx = state_lib.make_optimizer(dense_optimizer, lr) if with_features else None
+  # The dense rest (row_sparse_learner passes it flat, keyed by path tuples): feat_net trained, every other
+  # key (a two-stage variant's stage-2 keys) frozen, as in stage_optimizer (no moments, an update of 0).
+  dense_tx = optax.multi_transform(
+      {"trained": state_lib.make_optimizer(dense_optimizer, lr), "frozen": optax.set_to_zero()},
+      lambda flat: {path: "trained" if path[0] == "feat_net" else "frozen" for path in flat})
   return sparse_lib.row_sparse_learner(make_loss, lookups, sparse_lib.get(optimizer, lr), dense_tx,
                                        prepare=prepare)
