@@ -616,3 +616,25 @@ def test_train_on_a_sharded_log(tmp_path):
   chex.assert_trees_all_equal(a.params, b.params)
   with pytest.raises(ValueError, match="single-stage variant needs the log in memory"):
     tts.train(dataclasses.replace(cfg, variant="single-stage"), on_disk)
+
+
+def test_item_vectors_run_the_feature_net_per_item_or_per_reference_alike():
+  cfg, _, params, feats = _setup("2ts-plus")
+  idx = jnp.asarray(np.random.default_rng(0).integers(0, NUM_ITEMS, (5, 8)))  # 40 >= 16 items: per item
+
+  def per_reference(p):  # slices of 5 < 16 references: the net on each gathered row
+    return jnp.concatenate([tts.item_vectors(cfg, p, idx[:, j], feats) for j in range(idx.shape[1])], 0)
+
+  def per_item(p):
+    return jnp.swapaxes(tts.item_vectors(cfg, p, idx, feats), 0, 1).reshape(-1, cfg.dim(FEAT))
+
+  chex.assert_trees_all_close(per_item(params), per_reference(params), rtol=1e-6, atol=1e-7)
+  # per_item runs the net on the [16, f] feature table itself (once per item), per_reference never does.
+  def net_inputs(f):
+    return {tuple(e.invars[0].aval.shape) for e in jax.make_jaxpr(f)(params).jaxpr.eqns
+            if e.primitive.name == "pjit" or e.primitive.name == "dot_general"}
+  assert (NUM_ITEMS, FEAT) in net_inputs(per_item) and (NUM_ITEMS, FEAT) not in net_inputs(per_reference)
+  w = jax.random.normal(jax.random.key(3), per_item(params).shape)
+  g_item = jax.grad(lambda p: jnp.sum(w * per_item(p)))(params)["feat_net"]
+  g_ref = jax.grad(lambda p: jnp.sum(w * per_reference(p)))(params)["feat_net"]
+  chex.assert_trees_all_close(g_item, g_ref, rtol=1e-5, atol=1e-6)

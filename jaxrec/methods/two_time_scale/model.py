@@ -201,13 +201,21 @@ def trainable_keys(cfg: TwoTimeScaleConfig, params: Params, stage: str) -> tuple
 
 def item_vectors(cfg: TwoTimeScaleConfig, params: Params, idx: jax.Array,
                  item_features: Optional[jax.Array] = None) -> jax.Array:
-  """Item representations ``[x_i ; g(f_i)]`` (Section 3.3) of the indices ``idx`` -> ``idx.shape + (d,)``."""
+  """Item representations ``[x_i ; g(f_i)]`` (Section 3.3) of the indices ``idx`` -> ``idx.shape + (d,)``.
+
+  ``g`` runs once per reference, or, when ``idx`` holds at least as many references as there are items
+  (a stage-2 batch, or stage 1's offer sets on a small catalogue), once per item and is then gathered:
+  the same values and gradients, at the cost of ``I`` rows instead of ``idx.size`` (decided from the
+  static shapes)."""
   x = jnp.take(params["item"], idx, axis=0)
   if "feat_net" in params:
     if item_features is None:
       raise ValueError("these parameters have a feature network: pass item_features")
-    f = jnp.take(item_features, idx, axis=0)
-    g = FeatureNet(cfg.feat_hidden, cfg.d_feat).apply({"params": params["feat_net"]}, f)
+    net = FeatureNet(cfg.feat_hidden, cfg.d_feat)
+    if idx.size >= item_features.shape[0]:
+      g = jnp.take(net.apply({"params": params["feat_net"]}, item_features), idx, axis=0)
+    else:
+      g = net.apply({"params": params["feat_net"]}, jnp.take(item_features, idx, axis=0))
     x = jnp.concatenate([x, g], axis=-1)
   return x
 
