@@ -192,6 +192,33 @@ class SparseLearnerTest(absltest.TestCase):
     np.testing.assert_array_equal(sp["params"]["user_emb"]["embedding"][untouched],
                                   params["params"]["user_emb"]["embedding"][untouched])
 
+  def test_lazy_adam_moves_only_rows_real_ids_touch_on_small_and_large_tables(self):
+    # 16 examples x (1 positive + 3 negatives) = 64 item slots: more than 40 items (the whole-table path
+    # of row_sparse_learner), fewer than 100 (deduplicated by unique_rows). Step 2's real examples use
+    # items 20+ only, its masked ones items < 20: lazy Adam must leave rows < 20 where step 1 put them
+    # (their momentum would move them if they counted as touched).
+    for num_items in (40, 100):
+      spec = registry.get("mf-bpr")
+      module = spec.make(60, num_items, dim=8)
+      params = spec.init(jax.random.key(1), module, registry.sample_batch("user"))
+      rng = np.random.default_rng(0)
+      mask = np.arange(16) < 10
+      first = {"user": rng.integers(0, 60, 16).astype(np.int32),
+               "positive": rng.integers(0, 20, 16).astype(np.int32),
+               "negatives": rng.integers(0, 20, (16, 3)).astype(np.int32), "mask": np.ones(16, bool)}
+      second = {"user": rng.integers(0, 60, 16).astype(np.int32),
+                "positive": np.where(mask, rng.integers(20, 40, 16), rng.integers(0, 20, 16)).astype(np.int32),
+                "negatives": np.where(mask[:, None], rng.integers(20, 40, (16, 3)),
+                                      rng.integers(0, 20, (16, 3))).astype(np.int32), "mask": mask}
+      learner = sparse.row_sparse_learner(mf.compact_loss_fn(module, "bpr"),
+                                          sparse.RowLookups(**mf.row_lookups(module)), sparse.lazy_adam(0.1))
+      after1, _ = _run(learner, params, [first])
+      after2, _ = _run(learner, params, [first, second])
+      emb = lambda p: np.asarray(p["params"]["item_emb"]["embedding"])  # pylint: disable=unnecessary-lambda-assignment
+      self.assertFalse(np.array_equal(emb(after1)[:20], emb(params)[:20]), num_items)
+      np.testing.assert_array_equal(emb(after2)[:20], emb(after1)[:20], err_msg=str(num_items))
+      self.assertFalse(np.array_equal(emb(after2)[20:40], emb(after1)[20:40]), num_items)
+
   def test_mf_log_with_biases_sparse_tables_and_dense_global_bias(self):
     spec, module, params = self._mf("mf-log")
     batches = _mf_batches(60, 40, 6, seed=2)

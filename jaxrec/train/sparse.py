@@ -344,7 +344,17 @@ def row_sparse_learner(make_loss: Callable[[Mapping[str, int]], LossFn], lookups
       flat_mask = None if mask is None else jnp.concatenate(
           [jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (i.ndim - 1)), i.shape).reshape(-1)
            for i in ids])
-      rows[g], inverse, valid[g] = unique_rows(flat_ids, flat_mask, num_rows[g])
+      if flat_ids.shape[0] > num_rows[g]:
+        # More id slots than rows (a small table, e.g. the items under many sampled negatives): the k =
+        # rows + 1 slots unique_rows would give are the whole table, so its sort buys nothing. The compact
+        # table is the table plus the fill row (masked ids), a row valid when an unmasked id touches it.
+        rows[g] = jnp.arange(num_rows[g] + 1, dtype=jnp.int32)
+        inverse = flat_ids.astype(jnp.int32)
+        if flat_mask is not None:
+          inverse = jnp.where(flat_mask, inverse, num_rows[g])
+        valid[g] = jnp.zeros(num_rows[g] + 1, bool).at[inverse].set(True).at[num_rows[g]].set(False)
+      else:
+        rows[g], inverse, valid[g] = unique_rows(flat_ids, flat_mask, num_rows[g])
       sizes[g] = int(rows[g].shape[0])
       start = 0
       for f, i in zip(names, ids):
