@@ -29,13 +29,7 @@ import math
 import sys
 import time
 
-
-def _vm_hwm_mib() -> float:
-  with open("/proc/self/status", encoding="utf-8") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) / 1024
-  raise RuntimeError("no VmHWM in /proc/self/status")
+from benchmarks.common import peak_rss_mib
 
 
 def _parse(argv):
@@ -109,7 +103,7 @@ def main(argv=None):
   print(f"| stage 2, one epoch | {s2['epoch_time']:,.0f} | {padded / s2['epoch_time']:,.0f} padded steps/s "
         f"| {s2['loss']:.3f} |")
   print(f"| both stages (whole `train` call) | {total:,.0f} ({total / 60:.1f} min) | | |")
-  print(f"peak RSS (VmHWM): {_vm_hwm_mib():,.0f} MiB")
+  print(f"peak RSS (VmHWM): {peak_rss_mib():,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench_full_ranking
+from benchmarks.common import peak_rss_mib
 from jaxrec.data.log import InteractionLog
 from jaxrec.eval import protocols
 from jaxrec.eval.queries import Queries
@@ -57,18 +58,10 @@ EVAL_USERS, EVAL_ITEMS, EVAL_DIM, EVAL_EXCLUSIONS, EVAL_BATCH, EVAL_CHUNK = 10_0
 BENCHMARKS = (*TRAIN_CONFIGS, "eval-mf")
 
 
-def _vmhwm_bytes() -> int:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) * 1024
-  raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def _baseline() -> int:
   """VmHWM after the imports and the JAX backend start-up."""
   jax.block_until_ready(jnp.zeros((1,)))
-  return _vmhwm_bytes()
+  return int(peak_rss_mib() * 2**20)
 
 
 def random_batch(rng: np.random.Generator, family: str, num_users: int, num_items: int, batch: int,
@@ -127,7 +120,7 @@ def run_train(name: str, steps: int, repeats: int) -> dict:
           "steps": steps, "repeats": repeats, "median_wall": statistics.median(walls),
           "best_wall": min(walls),
           "median_cpu": statistics.median(cpus), "warmup_s": compile_s, "finite": finite,
-          "peak_mib": (_vmhwm_bytes() - base) / 2**20}
+          "peak_mib": (int(peak_rss_mib() * 2**20) - base) / 2**20}
 
 
 def eval_queries(rng: np.random.Generator, users: int, items: int, k: int) -> Queries:
@@ -162,7 +155,7 @@ def run_eval(repeats: int) -> dict:
       jax.block_until_ready(bench_full_ranking._bare_blocked(ue, idx, ie, chunk=EVAL_CHUNK))  # pylint: disable=protected-access
 
   evaluate()
-  peak_eval = _vmhwm_bytes() - base  # evaluate alone (the bare product has not run yet).
+  peak_eval = int(peak_rss_mib() * 2**20) - base  # evaluate alone (the bare product has not run yet).
   wall, cpu = bench_full_ranking._time_interleaved([evaluate, bare], repeats)  # pylint: disable=protected-access
   return {"name": "eval-mf", "users": EVAL_USERS, "items": EVAL_ITEMS, "dim": EVAL_DIM,
           "exclusions": EVAL_EXCLUSIONS, "batch": EVAL_BATCH, "chunk": EVAL_CHUNK, "repeats": repeats,

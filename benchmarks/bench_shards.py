@@ -27,13 +27,7 @@ import subprocess
 import sys
 import time
 
-
-def _vm_hwm_mib() -> float:
-  with open("/proc/self/status", encoding="utf-8") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) / 1024
-  raise RuntimeError("no VmHWM in /proc/self/status")
+from benchmarks.common import peak_rss_mib
 
 
 def _parse(argv):
@@ -67,7 +61,7 @@ def _measure(args) -> None:
   from jaxrec.train import loop
 
   log = shards.open_log(args.dir)
-  base = _vm_hwm_mib()
+  base = peak_rss_mib()
   if args.mode == "stream":
     def batches_fn(epoch):
       return shards.epoch_batches(log, args.batch, seed=0, epoch=epoch, window=args.window)
@@ -95,8 +89,8 @@ def _measure(args) -> None:
   jax.block_until_ready(state)
   dt = time.perf_counter() - t
   rate = (args.steps - warm) * args.batch / dt
-  print(f"| {args.mode} | {log.num_rows:,} | {rate:,.0f} | {_vm_hwm_mib():,.0f} | "
-        f"{_vm_hwm_mib() - base:,.0f} | {history[-1]['loss']:.4f} |", flush=True)
+  print(f"| {args.mode} | {log.num_rows:,} | {rate:,.0f} | {peak_rss_mib():,.0f} | "
+        f"{peak_rss_mib() - base:,.0f} | {history[-1]['loss']:.4f} |", flush=True)
 
 
 def main(argv=None):

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxrec.train import loop as loop_lib
 from jaxrec.train import state as state_lib
+from benchmarks.common import peak_rss_mib
 from jaxrec.train import learner as learner_lib
 
 USERS, ITEMS, DIM, BATCH = 10_000, 5_000, 64, 1024
@@ -78,14 +79,6 @@ def make_batches_fn(users, items, seed=0):
              if m == BATCH else np.pad(negs[start:], (0, BATCH - m))[:, None],
              "mask": np.arange(BATCH) < m}
   return batches_fn
-
-
-def _vmhwm_mib():
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM"):
-        return int(line.split()[1]) / 1024
-  return float("nan")
 
 
 def main():
@@ -144,7 +137,7 @@ def main():
            (("wall", wall), ("cpu", cpu))}
   print(f"ratio loop/bare: wall {ratio['wall']:.3f} (medians), {min(wall['loop']) / min(wall['bare']):.3f} "
         f"(best runs); process CPU {ratio['cpu']:.3f}  (target <= 1.3)")
-  print(f"peak memory VmHWM : {_vmhwm_mib():.0f} MiB")
+  print(f"peak memory VmHWM : {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

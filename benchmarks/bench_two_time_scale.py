@@ -40,20 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import peak_rss_mib
 from jaxrec.data import synthetic
 from jaxrec.data.log import InteractionLog
 from jaxrec.methods import two_time_scale as tts
 from jaxrec.train import learner as learner_lib
 from jaxrec.train import loop as loop_lib
 from jaxrec.train import state as state_lib
-
-
-def _vmhwm_mib() -> float:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM"):
-        return int(line.split()[1]) / 1024
-  return float("nan")
 
 
 def _loop_config(steps: int) -> loop_lib.LoopConfig:
@@ -229,7 +222,7 @@ def bench_large(args):
   state, _ = step(state, warm, jax.random.key(0))  # compile outside the timing
   jax.block_until_ready(state)
   lcfg = loop_lib.LoopConfig(num_epochs=1, log_every=100, eval_at_epoch_end=False, progress=False)
-  rss0 = _vmhwm_mib()
+  rss0 = peak_rss_mib()
   t0, c0 = time.perf_counter(), time.process_time()
   deadline[0] = t0 + args.large_seconds
   final, _ = loop_lib.train(lcfg, learner, state, batches_fn, rng=jax.random.key(1))
@@ -243,7 +236,7 @@ def bench_large(args):
         f"{stats['prep']:.1f} s, excluded below)")
   ms = train_s / max(stats["steps"], 1) * 1e3
   print(f"    stage-1 training: {rate:,.0f} interactions/s ({ms:.1f} ms/step); peak RSS (VmHWM) "
-        f"{_vmhwm_mib():,.0f} MiB (after model init + compile: {rss0:,.0f} MiB)")
+        f"{peak_rss_mib():,.0f} MiB (after model init + compile: {rss0:,.0f} MiB)")
   print(f"    EXTRAPOLATION (not measured): one full stage-1 epoch over {full:,.0f} interactions ~ "
         f"{full / rate / 3600:.2f} h of training at this rate (+ {stats['gen'] / max(stats['chunks'], 1):.1f}"
         f" s of generation per chunk x {total} chunks if generated on the fly)")
