@@ -17,8 +17,8 @@ process's peak RSS (`VmHWM`).
 Run (CPU):  python -m benchmarks.bench_large_epoch [--chunks=500] [--batch_stage1=8192] [--optimizer=rowwise-adagrad]
             [--lr_stage1=0.05] [--dim=64] [--p=20] [--t_star=100] [--k=20] [--batch_stage2=1024]
             [--max_rows=8000000] [--dir=/tmp/jaxrec-shards-large]
-GPU: the same command after `pip install -e . "jax[cuda12]"` (JAX then places the steps on the GPU; the
-shards are read on the host as on CPU). `--chunks=N` runs on the first N of the 500 chunks (N x 2,000 users,
+GPU: `pip install -e ".[gpu]"` (jax[cuda12]), then the same command: JAX places the steps on the GPU, the
+shards are read on the host as on CPU. Untested here (no GPU). `--chunks=N` runs on the first N of the 500 chunks (N x 2,000 users,
 in the full index space, so the tables keep their full size).
 """
 
