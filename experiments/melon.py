@@ -56,6 +56,7 @@ import numpy as np
 
 from experiments import common, configs, plots
 from experiments.registry import Experiment, ExperimentResult, RunContext, Table
+from jaxrec import io
 from jaxrec.data import datasets, preprocess
 from jaxrec.eval import paper_protocols
 from jaxrec.eval.queries import Queries
@@ -232,6 +233,30 @@ def paired_t(records_a: list, records_b: list, key: str) -> dict:
 METRICS = [f"HR@{k}" for k in KS] + [f"NDCG@{k}" for k in KS]
 
 
+CHOICE = "validation.json"
+
+
+def _saved_choice(wd: Optional[str]):
+  """``(value, {value: validation HR@5})`` chosen for this stream by an earlier, killed run, or None.
+
+  The choice is saved as ``validation.json`` beside the stream's checkpoints before its test stream
+  starts, so a rerun resumes the stream without redoing the grid. A stream started before this file
+  existed has only its ``run_config.json``, whose ``value`` is the choice (the stream loop refuses to
+  resume under another config); its validation scores were not kept (``{}``)."""
+  if not wd:
+    return None
+  path = os.path.join(wd, CHOICE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    return saved["value"], {v: score for v, score in saved["validation HR@5"]}
+  path = os.path.join(wd, "run_config.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)["value"], {}
+  return None
+
+
 def _stream(learner, jittable, params, data, evaluator, rng):
   """A validation stream (no checkpoints)."""
   state = jax.block_until_ready(learner.init(params, rng))
@@ -275,16 +300,23 @@ def run(config: MelonExperimentConfig, dataset: str, *, seed: int = 0, workdir: 
                                               full=config.full_ranking, ks=KS)
       for name in config.strategies:
         grid = grid_for(name, config)
-        val_scores = {}
-        if len(grid) > 1:
-          for v in grid:
-            learner, jittable = make_strategy(name, env, config, v)
-            res = _stream(learner, jittable, params, val_data, evaluator, stream_key)
-            val_scores[v] = batch_mean(res.records, f"{sampled}/HR@5")
-        best = max(val_scores, key=val_scores.get) if val_scores else grid[0]
+        wd = os.path.join(workdir, "streams", model, name, f"seed{sd}") if workdir else None
+        saved = _saved_choice(wd) if len(grid) > 1 else None
+        if saved is not None:  # a killed run chose it: its test stream resumes below
+          best, val_scores = saved
+        else:
+          val_scores = {}
+          if len(grid) > 1:
+            for v in grid:
+              learner, jittable = make_strategy(name, env, config, v)
+              res = _stream(learner, jittable, params, val_data, evaluator, stream_key)
+              val_scores[v] = batch_mean(res.records, f"{sampled}/HR@5")
+          best = max(val_scores, key=val_scores.get) if val_scores else grid[0]
+          if wd and len(grid) > 1:
+            io.atomic_write_json(os.path.join(wd, CHOICE), {"value": best,
+                                                            "validation HR@5": list(val_scores.items())})
         chosen.setdefault(f"{model}/{name}", {})[str(sd)] = {"value": best, "validation HR@5": val_scores}
         learner, jittable = make_strategy(name, env, config, best)
-        wd = os.path.join(workdir, "streams", model, name, f"seed{sd}") if workdir else None
         run_config = {"dataset": dataset, "seed": sd, "model": model, "strategy": name, "value": best,
                       "config": {k: v for k, v in configs.to_dict(config).items()
                                  if k not in ("models", "strategies", "checkpoint_every", "max_blocks",
