@@ -12,12 +12,14 @@ would (`tts.train(cfg, shards.open_log(dir), stage1_optimizer=...)`):
 
 The default stage-1 batch is large (32,768, as production embedding training uses): each step runs the
 item feature network over every item (the offer sets of a batch reach all 100k of them), so fewer, larger
-steps amortise it. It prints the time of each part (the epochs include their XLA compiles), stage 1's interactions/s,
+steps amortise it; lazy Adam at 1e-2 (the item feature network's Adam takes the same rate) is what learned
+at that batch on the first 10 chunks (mean loss 3.04 -> 2.21 within one epoch; row-wise Adagrad at 0.05
+and 0.5 left it at ~3.04). It prints the time of each part (the epochs include their XLA compiles), stage 1's interactions/s,
 stage 2's padded positions/s, each epoch's mean loss (the offer-set softmax starts at log(1 + p)) and the
 process's peak RSS (`VmHWM`).
 
-Run (CPU):  python -m benchmarks.bench_large_epoch [--chunks=500] [--batch_stage1=32768] [--optimizer=rowwise-adagrad]
-            [--lr_stage1=0.05] [--dim=64] [--p=20] [--t_star=100] [--k=20] [--batch_stage2=1024]
+Run (CPU):  python -m benchmarks.bench_large_epoch [--chunks=500] [--batch_stage1=32768] [--optimizer=lazy-adam]
+            [--lr_stage1=0.01] [--dim=64] [--p=20] [--t_star=100] [--k=20] [--batch_stage2=1024]
             [--max_rows=8000000] [--dir=/tmp/jaxrec-shards-large]
 GPU: `pip install -e ".[gpu]"` (jax[cuda12]), then the same command: JAX places the steps on the GPU, the
 shards are read on the host as on CPU. Untested here (no GPU). `--chunks=N` runs on the first N of the 500 chunks (N x 2,000 users,
@@ -38,8 +40,8 @@ def _parse(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--chunks", type=int, default=500)
   p.add_argument("--batch_stage1", type=int, default=32768)
-  p.add_argument("--optimizer", default="rowwise-adagrad")
-  p.add_argument("--lr_stage1", type=float, default=0.05)
+  p.add_argument("--optimizer", default="lazy-adam")
+  p.add_argument("--lr_stage1", type=float, default=0.01)
   p.add_argument("--dim", type=int, default=64)
   p.add_argument("--p", type=int, default=20)
   p.add_argument("--t_star", type=int, default=100)
